@@ -1,0 +1,62 @@
+# data-ingest-connector: `make quickstart` shows it working, `make test` proves it.
+#
+# Everything downloaded (pip wheels, Maven artifacts for Kafka and the schema registry, Go
+# modules for FerretDB) is cached under $(CACHE), which later runs reuse.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE ?= $(CURDIR)/.cache
+export DATA_INGEST_CACHE := $(CACHE)
+export PIP_CACHE_DIR := $(CACHE)/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv kafka services quickstart test unit integration lint format clean
+
+help:
+	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
+	@echo "make test         install what the tests need, lint, run unit and integration tests"
+	@echo "make unit         unit tests only (no services)"
+	@echo "make lint         ruff check and format check"
+	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Kafka 4.x broker jars from Maven Central, resolved with mvn into $(CACHE).
+kafka: venv
+	$(BIN)/python -m integration.kafka_broker fetch
+
+# PostgreSQL (Debian package) and FerretDB (built from the Go module proxy).
+services:
+	bash integration/install_services.sh all
+
+quickstart: venv kafka
+	$(BIN)/python -m integration.quickstart
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+unit: venv
+	$(BIN)/python -m pytest -ra tests
+
+integration: venv kafka services
+	$(BIN)/python -m pytest -ra integration
+
+# -ra lists every skipped test with its reason; pytest exits non-zero when no test is
+# collected, so an empty run cannot pass.
+test: venv kafka services lint
+	$(BIN)/python -m pytest -ra tests integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,68 @@
+"""The Backend stage: durable, idempotent writes with one outcome per object.
+
+Contract (DESIGN.md): ``ingest(batch)`` returns one ``ObjectResult`` per object, in batch
+order, and everything it reports is durable when it returns. A transient failure raises
+``RetryableError`` and nothing of the batch may be counted as acked. Asymmetric objects are
+only inserted (R8): a re-delivery with the same document is a duplicate, a different
+document under a stored ``_id`` is a conflict and is never written (R9).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+
+from connector.records import MappedObject
+
+
+class Outcome(StrEnum):
+    """What the backend did with one object."""
+
+    INSERTED = "inserted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectResult:
+    """The outcome for one object; ``reason`` explains conflicts and rejections."""
+
+    outcome: Outcome
+    reason: str | None = None
+
+
+INSERTED = ObjectResult(Outcome.INSERTED)
+DUPLICATE = ObjectResult(Outcome.DUPLICATE)
+
+
+class Backend(ABC):
+    """A sync backend that applications and devices read from."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and prepare storage; raises on misconfiguration."""
+
+    @abstractmethod
+    async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        """Write a batch durably; one result per object in order."""
+
+    @abstractmethod
+    async def check(self) -> str:
+        """Connectivity check for ``validate``; returns a one-line description."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def create_backend(config: object) -> Backend:
+    """Build the backend named by a backend config section."""
+    from connector.config import SqliteBackendConfig
+
+    if isinstance(config, SqliteBackendConfig):
+        from connector.backends.sqlite import SqliteBackend
+
+        return SqliteBackend(config)
+    raise ValueError(f"unsupported backend config {type(config).__name__}")

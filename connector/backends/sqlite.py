@@ -1,0 +1,138 @@
+"""The embedded SQLite backend, the default for a single machine and the quickstart.
+
+One table per object type: ``_id`` primary key, the canonical JSON document, and the Kafka
+coordinates of the write that stored it. A batch is one ``BEGIN IMMEDIATE`` transaction in
+WAL mode with ``synchronous=FULL`` by default, so a batch reported as ingested survives a
+crash of the process or of the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from connector.backends import DUPLICATE, INSERTED, Backend, ObjectResult, Outcome
+from connector.config import SqliteBackendConfig
+from connector.documents import canonical_json, differing_fields
+from connector.errors import FatalBackendError, RetryableError
+from connector.records import MappedObject
+
+
+def table_name(type_name: str) -> str:
+    """The quoted table name of an object type."""
+    return '"' + type_name.replace('"', '""') + '"'
+
+
+class SqliteBackend(Backend):
+    """Writes batches into one SQLite file through a single worker thread."""
+
+    def __init__(self, config: SqliteBackendConfig) -> None:
+        self._config = config
+        self._conn: sqlite3.Connection | None = None
+        # sqlite3 is blocking; one thread owns the connection so calls never interleave.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._tables: set[str] = set()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        path = Path(self._config.path)
+        if path.parent and not path.parent.exists():
+            raise FatalBackendError(
+                f"backend.path: directory {str(path.parent)!r} does not exist; create it first"
+            )
+        try:
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._config.synchronous}")
+        except sqlite3.DatabaseError as exc:
+            raise FatalBackendError(
+                f"backend.path: cannot open SQLite file {str(path)!r}: {exc}"
+            ) from exc
+        self._conn = conn
+        self._tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+
+    async def check(self) -> str:
+        await self.open()
+        return (
+            f"SQLite {sqlite3.sqlite_version} file {self._config.path} "
+            f"(journal WAL, synchronous {self._config.synchronous})"
+        )
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        return await self._run(self._ingest, objects)
+
+    def _ensure_table(self, conn: sqlite3.Connection, type_name: str) -> None:
+        if type_name in self._tables:
+            return
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table_name(type_name)} ("
+            "_id PRIMARY KEY NOT NULL, doc TEXT NOT NULL, "
+            "_topic TEXT NOT NULL, _partition INTEGER NOT NULL, _offset INTEGER NOT NULL)"
+        )
+        self._tables.add(type_name)
+
+    def _ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        conn = self._conn
+        if conn is None:
+            raise FatalBackendError("the SQLite backend is not open")
+        results: list[ObjectResult] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for obj in objects:
+                    results.append(self._insert_one(conn, obj))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._tables.clear()  # tables created in this transaction are gone again
+                raise
+        except sqlite3.OperationalError as exc:
+            # Locked, busy, disk full, I/O error: the batch is rolled back and may be retried.
+            raise RetryableError(f"SQLite write failed: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise FatalBackendError(f"SQLite write failed: {exc}") from exc
+        return results
+
+    def _insert_one(self, conn: sqlite3.Connection, obj: MappedObject) -> ObjectResult:
+        try:
+            doc = canonical_json(obj.document)
+        except (TypeError, ValueError) as exc:
+            return ObjectResult(Outcome.REJECTED, f"document cannot be stored: {exc}")
+        self._ensure_table(conn, obj.type_name)
+        table = table_name(obj.type_name)
+        record = obj.record
+        cursor = conn.execute(
+            f"INSERT INTO {table} (_id, doc, _topic, _partition, _offset) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(_id) DO NOTHING",
+            (obj.object_id, doc, record.topic, record.partition, record.offset),
+        )
+        if cursor.rowcount == 1:
+            return INSERTED
+        stored = conn.execute(f"SELECT doc FROM {table} WHERE _id = ?", (obj.object_id,)).fetchone()
+        if stored is not None and stored[0] == doc:
+            return DUPLICATE
+        fields = differing_fields(json.loads(stored[0]) if stored else {}, json.loads(doc))
+        return ObjectResult(
+            Outcome.CONFLICT,
+            f"a different {obj.type_name} is already stored under _id {obj.object_id!r} "
+            f"(fields differing: {', '.join(fields)}); first write wins, this one was not written",
+        )

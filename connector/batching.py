@@ -1,0 +1,70 @@
+"""The Batch stage: objects are grouped for one backend write.
+
+A batch closes when it holds ``max_records`` objects, ``max_bytes`` of record payload, or
+when its first object has waited ``max_wait_ms``: large batches for throughput, bounded
+latency when traffic is thin.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from connector.config import BatchingConfig
+from connector.records import MappedObject
+
+
+@dataclass(slots=True)
+class Batch:
+    """Objects bound for one ``Backend.ingest`` call."""
+
+    objects: list[MappedObject] = field(default_factory=list)
+    size: int = 0
+    opened_at: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+
+class Batcher:
+    """Accumulates objects and tells when the current batch must be handed over."""
+
+    def __init__(self, config: BatchingConfig) -> None:
+        self._max_records = config.max_records
+        self._max_bytes = config.max_bytes
+        self._max_wait_s = config.max_wait_ms / 1000
+        self._now = time.monotonic
+        self._current = Batch()
+
+    def add(self, obj: MappedObject) -> Batch | None:
+        """Add ``obj``; returns the closed batch when this object filled it."""
+        current = self._current
+        if not current.objects:
+            current.opened_at = self._now()
+        current.objects.append(obj)
+        current.size += obj.size
+        if len(current.objects) >= self._max_records or current.size >= self._max_bytes:
+            return self.take()
+        return None
+
+    def due(self) -> bool:
+        """True when the open batch has waited long enough to be handed over."""
+        current = self._current
+        return bool(current.objects) and self._now() - current.opened_at >= self._max_wait_s
+
+    def time_left(self) -> float | None:
+        """Seconds until the open batch is due, None when it is empty."""
+        current = self._current
+        if not current.objects:
+            return None
+        return max(0.0, self._max_wait_s - (self._now() - current.opened_at))
+
+    def take(self) -> Batch | None:
+        """Close and return the open batch, None when it is empty."""
+        if not self._current.objects:
+            return None
+        batch, self._current = self._current, Batch()
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._current.objects)

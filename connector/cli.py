@@ -1,0 +1,185 @@
+"""The ``data-ingest`` command line.
+
+Exit status: 0 success, 1 a runtime failure (bad record, backend refused, Kafka failed),
+2 an invalid configuration (nothing was consumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from connector.backends import create_backend
+from connector.config import PipelineConfig, load_config
+from connector.errors import ConfigError, ConnectorError
+from connector.pipeline import Pipeline
+from connector.sources.confluent import ConfluentSource
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("connector")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="data-ingest",
+        description=(
+            "Consume Kafka topics, map each record onto a declared object type and insert it "
+            "into a sync backend. Offsets are committed only after the backend acknowledged."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (default: INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the pipeline",
+        description=(
+            "Run the pipeline until SIGINT/SIGTERM (or, with --until-caught-up, until every "
+            "assigned partition has no lag), then commit what the backend acknowledged and "
+            "print a summary. Exit 0 on success, 1 on a failure, 2 on a config error."
+        ),
+    )
+    run.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the pipeline file (YAML)"
+    )
+    run.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="stop once every assigned partition has been ingested up to its end offset",
+    )
+    run.add_argument(
+        "--assignment-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --until-caught-up: fail when no partition is assigned within this time "
+        "(default: 60)",
+    )
+
+    validate = commands.add_parser(
+        "validate",
+        help="check the config and the connectivity to Kafka and the backend",
+        description=(
+            "Validate the pipeline file, connect to Kafka and list the routed topics, and "
+            "open the backend. Exit 0 when all is well, 1 on a connectivity problem, "
+            "2 on a config error. Nothing is consumed or written."
+        ),
+    )
+    validate.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the pipeline file (YAML)"
+    )
+    validate.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the Kafka broker (default: 10)",
+    )
+    return parser
+
+
+async def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
+    pipeline = Pipeline(
+        config,
+        ConfluentSource(config.kafka),
+        create_backend(config.backend),
+        until_caught_up=args.until_caught_up,
+        assignment_timeout_s=args.assignment_timeout,
+    )
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        name = signal.Signals(signum).name
+        if signals_seen == 1:
+            log.info("%s: stopping; finishing the in-flight batch and committing", name)
+            pipeline.request_stop()
+        else:
+            log.warning("%s again: abandoning the in-flight batch", name)
+            pipeline.request_stop(abandon=True)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    summary = await pipeline.run()
+    print("\n".join(summary.lines()), flush=True)
+    if summary.error is not None:
+        print(f"error: {summary.error}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _validate(config: PipelineConfig, args: argparse.Namespace, source_name: str) -> int:
+    problems: list[str] = []
+    source = ConfluentSource(config.kafka)
+    try:
+        topics = await asyncio.wait_for(source.check(args.timeout), args.timeout + 5)
+        print(f"kafka: {config.kafka.bootstrap_servers} reachable, {len(topics)} topics")
+        for route in config.routes:
+            if route.topic is not None:
+                state = "exists" if route.topic in topics else "MISSING"
+                if state == "MISSING":
+                    problems.append(
+                        f"routes: topic {route.topic!r} does not exist on the broker; "
+                        "create it or fix the route"
+                    )
+                print(f"  route {route.topic} -> {route.type}: {state}")
+            else:
+                matched = [t for t in topics if route.matches(t)]
+                print(f"  route /{route.topic_regex}/ -> {route.type}: {len(matched)} topic(s)")
+    except Exception as exc:
+        problems.append(f"kafka: cannot reach {config.kafka.bootstrap_servers}: {exc}")
+    finally:
+        await source.close()
+    backend = create_backend(config.backend)
+    try:
+        print(f"backend: {await backend.check()}")
+    except Exception as exc:
+        problems.append(f"backend: {exc}")
+    finally:
+        await backend.close()
+    for problem in problems:
+        print(f"{source_name}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILURE
+    print(f"{source_name}: OK")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``data-ingest`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(config, args))
+        return asyncio.run(_validate(config, args, args.config))
+    except ConnectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

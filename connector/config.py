@@ -1,0 +1,370 @@
+"""Pipeline configuration: a YAML file, ``${VAR}`` substitution, validation with pydantic.
+
+Every problem becomes one line ``FILE: key.path: problem`` so that a user can find and fix
+it without reading a traceback. The CLI turns ``ConfigError`` into exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from connector.errors import ConfigError
+
+# Client properties that the connector owns: letting a user override them would break the
+# delivery promise (offsets committed only after the backend acks) or the group protocol.
+MANAGED_KAFKA_PROPERTIES = {
+    "bootstrap.servers": "set it with kafka.bootstrap_servers",
+    "group.id": "set it with kafka.group_id",
+    "auto.offset.reset": "set it with kafka.auto_offset_reset",
+    "enable.auto.commit": "offsets are committed by the connector only after the backend acks",
+    "enable.auto.offset.store": "offsets are stored by the connector only after the backend acks",
+    "partition.assignment.strategy": "the connector uses cooperative-sticky assignment",
+}
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    """Where to consume from and as which consumer group."""
+
+    bootstrap_servers: str = Field(min_length=1)
+    group_id: str = Field(default="data-ingest", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("properties")
+    @classmethod
+    def _not_managed(
+        cls, value: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        for key in value:
+            if key in MANAGED_KAFKA_PROPERTIES:
+                raise ValueError(
+                    f"client property {key!r} is managed by the connector "
+                    f"({MANAGED_KAFKA_PROPERTIES[key]}); remove it"
+                )
+        return value
+
+
+class RouteConfig(_Section):
+    """Which topic (or topics matching a regex) carry which object type, in which format."""
+
+    topic: str | None = Field(default=None, min_length=1)
+    topic_regex: str | None = Field(default=None, min_length=1)
+    type: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    format: Literal["json"] = "json"
+    id: Literal["field", "key", "coordinates"] = "field"
+
+    @model_validator(mode="after")
+    def _one_topic_selector(self) -> RouteConfig:
+        if (self.topic is None) == (self.topic_regex is None):
+            raise ValueError("give exactly one of 'topic' or 'topic_regex'")
+        if self.topic_regex is not None:
+            try:
+                re.compile(self.topic_regex)
+            except re.error as exc:
+                raise ValueError(f"topic_regex is not a valid regular expression: {exc}") from exc
+        return self
+
+    @property
+    def subscription(self) -> str:
+        """The pattern handed to the Kafka client (librdkafka treats '^' as a regex)."""
+        if self.topic is not None:
+            return self.topic
+        assert self.topic_regex is not None
+        return self.topic_regex if self.topic_regex.startswith("^") else "^" + self.topic_regex
+
+    def matches(self, topic: str) -> bool:
+        """True when a record of ``topic`` belongs to this route."""
+        if self.topic is not None:
+            return topic == self.topic
+        assert self.topic_regex is not None
+        return re.fullmatch(self.topic_regex.lstrip("^").rstrip("$"), topic) is not None
+
+
+class SqliteBackendConfig(_Section):
+    """The embedded default backend: one SQLite file."""
+
+    type: Literal["sqlite"]
+    path: str = Field(min_length=1)
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+
+
+BackendConfig = Annotated[Union[SqliteBackendConfig], Field(discriminator="type")]  # noqa: UP007
+
+
+class BatchingConfig(_Section):
+    """When a batch is handed to the backend, and how much may be in flight at once."""
+
+    max_records: int = Field(default=2000, ge=1, le=1_000_000)
+    max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_wait_ms: int = Field(default=500, ge=0, le=600_000)
+    max_in_flight_batches: int = Field(default=2, ge=1, le=64)
+
+
+class CommitConfig(_Section):
+    """How often acked offsets are committed (also on revoke and on shutdown)."""
+
+    interval_ms: int = Field(default=1000, ge=10, le=600_000)
+
+
+class RetryConfig(_Section):
+    """Backoff for transient backend failures. Nothing is committed while retrying."""
+
+    initial_backoff_ms: int = Field(default=200, ge=1)
+    max_backoff_ms: int = Field(default=30_000, ge=1)
+    multiplier: float = Field(default=2.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.max_backoff_ms < self.initial_backoff_ms:
+            raise ValueError("max_backoff_ms must be >= initial_backoff_ms")
+        return self
+
+
+class ShutdownConfig(_Section):
+    """How long SIGINT/SIGTERM may take before the in-flight batch is abandoned."""
+
+    timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline file."""
+
+    kafka: KafkaConfig
+    routes: list[RouteConfig] = Field(min_length=1)
+    backend: BackendConfig
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    commit: CommitConfig = Field(default_factory=CommitConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> PipelineConfig:
+        seen: set[str] = set()
+        for route in self.routes:
+            if route.topic is not None:
+                if route.topic in seen:
+                    raise ValueError(f"topic {route.topic!r} is routed twice; keep one route")
+                seen.add(route.topic)
+        return self
+
+    def route_for(self, topic: str) -> RouteConfig | None:
+        """The first route whose topic or regex matches ``topic``."""
+        for route in self.routes:
+            if route.matches(topic):
+                return route
+        return None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which PyYAML would otherwise drop silently."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def _format_path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def substitute_env(
+    value: Any, env: typing.Mapping[str, str], path: tuple[str | int, ...] = ()
+) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree.
+
+    ``$$`` stands for a literal ``$``. Raises ``ValueError`` lines naming the key path of any
+    variable that is unset and has no default.
+    """
+    problems: list[str] = []
+
+    def walk(node: Any, loc: tuple[str | int, ...]) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, (*loc, str(k))) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*loc, i)) for i, v in enumerate(node)]
+        if isinstance(node, str):
+
+            def repl(match: re.Match[str]) -> str:
+                if match.group(0) == "$$":
+                    return "$"
+                name, default = match.group(1), match.group(2)
+                if name in env:
+                    return env[name]
+                if default is not None:
+                    return default
+                problems.append(
+                    f"{_format_path(loc)}: environment variable {name} is not set; "
+                    f"export it or give a default as ${{{name}:-value}}"
+                )
+                return match.group(0)
+
+            return _ENV_PATTERN.sub(repl, node)
+        return node
+
+    result = walk(value, path)
+    if problems:
+        raise ValueError("\n".join(problems))
+    return result
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated/Optional wrappers to reach the model or container type."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _model_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, tuple[str | int, ...]]:
+    """Follow an error location through the models; returns the model and the display path.
+
+    Discriminated unions put the tag into the location; it is dropped from the display path.
+    """
+    current: Any = PipelineConfig
+    shown: list[str | int] = []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        current = _unwrap(current)
+        origin = typing.get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None and part == _tag_of(current):
+                continue  # the tag of a discriminated union with a single member
+            shown.append(part)
+            if field is None:
+                return None, tuple(shown + parts)
+            current = field.annotation
+        elif origin in (list, dict):
+            shown.append(part)
+            current = typing.get_args(current)[-1]
+        elif origin in (Union, types.UnionType):
+            members = [_unwrap(a) for a in typing.get_args(current)]
+            models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            tagged = [m for m in models if _tag_of(m) == part]
+            if tagged:
+                current = tagged[0]
+            else:
+                shown.append(part)
+                current = None
+        else:
+            shown.append(part)
+            current = None
+    current = _unwrap(current)
+    model = current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return model, tuple(shown)
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("type")
+    if field is None:
+        return None
+    args = typing.get_args(field.annotation)
+    return str(args[0]) if args else None
+
+
+def _describe(error: Any) -> str:
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent, shown_parent = _model_at(loc[:-1])
+        path = _format_path((*shown_parent, loc[-1]))
+        allowed = ", ".join(parent.model_fields) if parent else ""
+        hint = f"; allowed keys here: {allowed}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    _, shown = _model_at(loc)
+    path = _format_path(shown)
+    if kind == "missing":
+        return f"{path}: missing value; this key is required"
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return (
+            f"{path}.type: unknown type {ctx.get('tag')!r}; use one of {ctx.get('expected_tags')}"
+        )
+    if kind == "union_tag_not_found":
+        return f"{path}.type: missing value; say which backend, e.g. type: sqlite"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{path}: expected a mapping of keys, got {type(error['input']).__name__}"
+    if kind == "list_type":
+        return f"{path}: expected a list, got {type(error['input']).__name__}"
+    if kind == "too_short" and isinstance(error.get("input"), list):
+        return f"{path}: needs at least {error['ctx']['min_length']} entry"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    if "input" in error and kind not in ("value_error", "model_type", "dict_type", "list_type"):
+        return f"{path}: {message} (got {error['input']!r})"
+    return f"{path}: {message}"
+
+
+def parse_config(
+    data: Any, source: str, env: typing.Mapping[str, str] | None = None
+) -> PipelineConfig:
+    """Validate an already-parsed YAML tree; ``source`` names the file in error messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source, ["(top level): expected a mapping of sections (kafka, routes, ...)"]
+        )
+    try:
+        data = substitute_env(data, os.environ if env is None else env)
+    except ValueError as exc:
+        raise ConfigError(source, str(exc).splitlines()) from None
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -> PipelineConfig:
+    """Read, substitute and validate the pipeline file at ``path``."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
+    return parse_config(data, source, env)

@@ -1,0 +1,139 @@
+"""Offset tracking: which offset of each partition may be committed.
+
+A record's offset becomes committable only when it and every earlier record of the same
+partition that this consumer fetched have been acked by the backend. The committable
+position is Kafka's "next offset to read": the first un-acked offset, or one past the last
+fetched offset when everything is acked. Offsets the consumer never saw (compacted away,
+transaction markers) are skipped naturally because only fetched offsets are tracked.
+
+Written by hand because no Kafka client library exposes this "contiguous ack" bookkeeping.
+Thread-safe: rebalance callbacks may run on the client's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from connector.records import TopicPartition
+
+
+@dataclass(slots=True)
+class _PartitionState:
+    epoch: int
+    pending: deque[int] = field(default_factory=deque)  # fetched, in fetch order
+    acked: set[int] = field(default_factory=set)  # acked but not yet at the head
+    committable: int | None = None  # next offset to read, everything before is acked
+    committed: int | None = None  # last offset handed to a successful commit
+    last_fetched: int | None = None
+
+
+def _offset_after(state: _PartitionState) -> int:
+    assert state.last_fetched is not None
+    return state.last_fetched + 1
+
+
+class OffsetTracker:
+    """Per-partition contiguous-ack tracking with assignment epochs.
+
+    Each assignment of a partition gets a new epoch; acks carrying an older epoch (records
+    fetched before a revoke) are ignored, so they can never move a later assignment's
+    position.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[TopicPartition, _PartitionState] = {}
+        self._next_epoch = 1
+
+    def assign(self, tp: TopicPartition) -> int:
+        """Start tracking ``tp`` afresh; returns the epoch that its records must carry."""
+        with self._lock:
+            epoch = self._next_epoch
+            self._next_epoch += 1
+            self._parts[tp] = _PartitionState(epoch=epoch)
+            return epoch
+
+    def epoch(self, tp: TopicPartition) -> int | None:
+        """The current epoch of ``tp``, or None when it is not assigned."""
+        with self._lock:
+            state = self._parts.get(tp)
+            return state.epoch if state else None
+
+    def revoke(self, tp: TopicPartition) -> int | None:
+        """Stop tracking ``tp``; returns its committable offset not yet committed, if any."""
+        with self._lock:
+            state = self._parts.pop(tp, None)
+            if state is None or state.committable is None:
+                return None
+            if state.committed is not None and state.committed >= state.committable:
+                return None
+            return state.committable
+
+    def fetched(self, tp: TopicPartition, epoch: int, offset: int) -> bool:
+        """Record that ``offset`` was handed to the pipeline; False if the epoch is stale."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is None or state.epoch != epoch:
+                return False
+            if state.last_fetched is not None and offset <= state.last_fetched:
+                raise ValueError(
+                    f"offset {offset} of {tp} fetched after {state.last_fetched}; "
+                    "offsets must be registered in increasing order"
+                )
+            state.last_fetched = offset
+            state.pending.append(offset)
+            return True
+
+    def ack(self, tp: TopicPartition, epoch: int, offset: int) -> bool:
+        """Mark ``offset`` as durably handled; False if the epoch is stale (ignored)."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is None or state.epoch != epoch:
+                return False
+            state.acked.add(offset)
+            pending = state.pending
+            advanced = False
+            while pending and pending[0] in state.acked:
+                state.acked.discard(pending.popleft())
+                advanced = True
+            if advanced:
+                # The first un-acked fetched offset, or one past the last fetched one.
+                state.committable = pending[0] if pending else _offset_after(state)
+            return True
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Offsets that may be committed now and have not been committed yet."""
+        with self._lock:
+            return {
+                tp: s.committable
+                for tp, s in self._parts.items()
+                if s.committable is not None
+                and (s.committed is None or s.committable > s.committed)
+            }
+
+    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Remember what a successful commit stored, so it is not committed again."""
+        with self._lock:
+            for tp, offset in offsets.items():
+                state = self._parts.get(tp)
+                if state is not None and (state.committed is None or offset > state.committed):
+                    state.committed = offset
+
+    def in_flight(self) -> int:
+        """How many fetched records are not yet acked, over all partitions."""
+        with self._lock:
+            return sum(len(s.pending) - len(s.acked) for s in self._parts.values())
+
+    def position(self, tp: TopicPartition) -> int | None:
+        """One past the last fetched offset of ``tp``, or None if nothing was fetched."""
+        with self._lock:
+            state = self._parts.get(tp)
+            if state is None or state.last_fetched is None:
+                return None
+            return state.last_fetched + 1
+
+    def partitions(self) -> list[TopicPartition]:
+        with self._lock:
+            return list(self._parts)

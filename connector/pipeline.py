@@ -1,0 +1,407 @@
+"""The pipeline: Source → Decode/Map → Batch → Backend → Ack → Release, on one event loop.
+
+Three tasks cooperate:
+
+* fetch: pulls records from the Source, maps them, closes batches. When batches wait for
+  the backend it *pauses* the assigned partitions and keeps polling (so the consumer stays
+  in its group), instead of buffering without limit.
+* ingest: hands batches to the Backend one at a time, retrying transient failures with
+  exponential backoff and jitter, then acks every object's offset in the tracker.
+* commit: periodically commits the highest contiguous acked offset per partition.
+
+Nothing is committed that the backend has not durably acknowledged, together with every
+earlier record of the same partition. Commits also happen on revoke and on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from connector.backends import Backend, ObjectResult, Outcome
+from connector.batching import Batch, Batcher
+from connector.config import PipelineConfig
+from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
+from connector.mapping import Mapper
+from connector.offsets import OffsetTracker
+from connector.records import TopicPartition
+from connector.sources import Source
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 10.0
+CAUGHT_UP_CHECK_INTERVAL_S = 0.25
+PAUSE_AFTER_S = 5.0
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """Counts of one run, printed by the CLI."""
+
+    records: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    elapsed_s: float = 0.0
+    error: str | None = None
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"records:    {self.records}",
+            f"ingested:   {self.inserted}",
+            f"duplicates: {self.duplicates}",
+            f"conflicts:  {self.conflicts}",
+            f"rejected:   {self.rejected}",
+            f"elapsed:    {self.elapsed_s:.2f} s",
+            f"rate:       {self.rate:.0f} records/s",
+        ]
+
+
+class Pipeline:
+    """One consumer-group member moving records from a Source into a Backend."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        source: Source,
+        backend: Backend,
+        *,
+        until_caught_up: bool = False,
+        assignment_timeout_s: float = 60.0,
+        pause_after_s: float = PAUSE_AFTER_S,
+    ) -> None:
+        self._config = config
+        self._source = source
+        self._backend = backend
+        self._mapper = Mapper(config)
+        self._until_caught_up = until_caught_up
+        self._assignment_timeout_s = assignment_timeout_s
+        self._pause_after_s = pause_after_s
+        self._tracker = OffsetTracker()
+        self._batcher = Batcher(config.batching)
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(
+            maxsize=config.batching.max_in_flight_batches
+        )
+        self._ready: deque[Batch] = deque()
+        self._assigned: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()
+        self._stop = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever the ingest task takes a batch
+        self._abandon = asyncio.Event()
+        self._summary = RunSummary()
+        self._error: ConnectorError | None = None
+        self._committed: dict[TopicPartition, int] = {}
+
+    # --- rebalance listener ------------------------------------------------------------
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._tracker.assign(tp)
+            self._assigned.add(tp)
+            self._paused.discard(tp)
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        offsets: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            offset = self._tracker.revoke(tp)
+            if offset is not None:
+                offsets[tp] = offset
+            self._assigned.discard(tp)
+            self._paused.discard(tp)
+        return offsets
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._tracker.revoke(tp)
+            self._assigned.discard(tp)
+            self._paused.discard(tp)
+
+    # --- control -----------------------------------------------------------------------
+
+    def request_stop(self, abandon: bool = False) -> None:
+        """Stop fetching; with ``abandon`` also give up the in-flight batch at once."""
+        self._stop.set()
+        self._room.set()
+        if abandon:
+            self._abandon.set()
+
+    def _fail(self, error: ConnectorError) -> None:
+        if self._error is None:
+            self._error = error
+            log.error("%s", error)
+        self._stop.set()
+
+    # --- run ---------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        """Run until stopped, caught up (if asked) or failed; always commits what is acked."""
+        started = time.monotonic()
+        await self._backend.open()
+        subscriptions = [route.subscription for route in self._config.routes]
+        await self._source.start(subscriptions, self)
+        ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
+        commit_task = asyncio.create_task(self._commit_loop(), name="commit")
+        progress_task = asyncio.create_task(self._progress_loop(started), name="progress")
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._drain(ingest_task)
+            for task in (commit_task, progress_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._commit_now()
+            self._summary.committed = dict(self._committed)
+            await self._source.close()
+            await self._backend.close()
+            self._summary.elapsed_s = time.monotonic() - started
+        if self._error is not None:
+            self._summary.error = str(self._error)
+        return self._summary
+
+    async def _drain(self, ingest_task: asyncio.Task[None]) -> None:
+        """Hand over what is batched, then let the ingest task finish within the timeout."""
+        if not self._abandon.is_set():
+            last = self._batcher.take()
+            if last is not None:
+                self._ready.append(last)
+        timeout = self._config.shutdown.timeout_ms / 1000
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(TimeoutError):
+            while self._ready and not self._abandon.is_set():
+                await asyncio.wait_for(
+                    self._queue.put(self._ready.popleft()), max(0.0, deadline - time.monotonic())
+                )
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+        abandon = asyncio.create_task(self._abandon.wait())
+        done, _ = await asyncio.wait(
+            {ingest_task, abandon},
+            timeout=max(0.0, deadline - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        abandon.cancel()
+        if ingest_task not in done:
+            log.warning(
+                "shutdown: abandoning the in-flight batch after %.1f s; its records are not "
+                "committed and will be read again on the next start",
+                timeout,
+            )
+            ingest_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingest_task
+
+    # --- fetch -------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        poll_s = self._config.kafka.poll_timeout_ms / 1000
+        max_records = self._config.batching.max_records
+        last_check = 0.0
+        waiting_since = time.monotonic()
+        while not self._stop.is_set():
+            self._hand_over()
+            await self._apply_backpressure()
+            left = self._batcher.time_left()
+            timeout = poll_s if left is None else min(poll_s, left)
+            records = await self._source.fetch(max_records, timeout)
+            if self._stop.is_set() and self._error is not None:
+                return
+            for record in records:
+                tp = record.topic_partition
+                epoch = self._tracker.epoch(tp)
+                if epoch is None or not self._tracker.fetched(tp, epoch, record.offset):
+                    continue  # fetched just before its partition was revoked
+                record.epoch = epoch
+                try:
+                    obj = self._mapper.map(record)
+                except RecordError as exc:
+                    self._fail(exc)
+                    return
+                batch = self._batcher.add(obj)
+                if batch is not None:
+                    self._ready.append(batch)
+            if self._batcher.due():
+                batch = self._batcher.take()
+                if batch is not None:
+                    self._ready.append(batch)
+            if not self._until_caught_up or records:
+                continue
+            now = time.monotonic()
+            if not self._assigned:
+                if now - waiting_since > self._assignment_timeout_s:
+                    topics = ", ".join(r.topic or r.topic_regex or "" for r in self._config.routes)
+                    self._fail(
+                        ConnectorError(
+                            f"no partition was assigned within {self._assignment_timeout_s:.0f} s; "
+                            f"check that the topics exist and the broker is reachable: {topics}"
+                        )
+                    )
+                continue
+            waiting_since = now
+            if now - last_check >= CAUGHT_UP_CHECK_INTERVAL_S:
+                last_check = now
+                if await self._caught_up():
+                    log.info("caught up: no lag on %d partition(s)", len(self._assigned))
+                    return
+
+    def _hand_over(self) -> None:
+        while self._ready and not self._queue.full():
+            self._queue.put_nowait(self._ready.popleft())
+
+    async def _apply_backpressure(self) -> None:
+        """Wait for the ingest task while closed batches queue up; pause if that takes long.
+
+        While we wait, librdkafka keeps prefetching within its own bounded queue, so a short
+        wait costs nothing. Pausing discards that prefetched data, so it is kept for long
+        stalls (a backend outage), where we must keep polling to stay in the group.
+        """
+        if self._ready and not self._paused:
+            self._room.clear()
+            self._hand_over()
+            if self._ready:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), self._pause_after_s)
+                self._hand_over()
+        if self._ready:
+            newly = sorted(self._assigned - self._paused, key=str)
+            if newly:
+                await self._source.pause(newly)
+                self._paused.update(newly)
+        elif self._paused:
+            paused = sorted(self._paused & self._assigned, key=str)
+            self._paused.clear()
+            await self._source.resume(paused)
+
+    async def _caught_up(self) -> bool:
+        if self._ready or len(self._batcher) or self._tracker.in_flight():
+            return False
+        assigned = sorted(self._assigned, key=str)
+        marks = await self._source.watermarks(assigned)
+        unknown = [tp for tp in assigned if self._tracker.position(tp) is None]
+        committed = await self._source.committed(unknown)
+        earliest = self._config.kafka.auto_offset_reset == "earliest"
+        for tp in assigned:
+            low, high = marks[tp]
+            position = self._tracker.position(tp)
+            if position is None:
+                stored = committed.get(tp)
+                position = stored if stored is not None else (low if earliest else high)
+            if position < high:
+                return False
+        return True
+
+    # --- ingest ------------------------------------------------------------------------
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            self._room.set()
+            if batch is None:
+                return
+            try:
+                results = await self._ingest_with_retry(batch)
+            except ConnectorError as exc:
+                self._fail(exc)
+                return
+            if len(results) != len(batch.objects):
+                self._fail(
+                    ConnectorError(
+                        f"backend returned {len(results)} outcomes for {len(batch.objects)} objects"
+                    )
+                )
+                return
+            summary = self._summary
+            for obj, result in zip(batch.objects, results, strict=True):
+                record = obj.record
+                if result.outcome is Outcome.REJECTED:
+                    summary.rejected += 1
+                    self._fail(
+                        RecordError(
+                            RecordErrorKind.RULE_VIOLATION,
+                            record.coordinates,
+                            f"the backend rejected {obj.type_name} _id {obj.object_id!r}: "
+                            f"{result.reason}",
+                        )
+                    )
+                    continue
+                if result.outcome is Outcome.INSERTED:
+                    summary.inserted += 1
+                elif result.outcome is Outcome.DUPLICATE:
+                    summary.duplicates += 1
+                elif result.outcome is Outcome.CONFLICT:
+                    summary.conflicts += 1
+                    log.warning("conflict at %s: %s", record.coordinates, result.reason)
+                summary.records += 1
+                self._tracker.ack(record.topic_partition, record.epoch, record.offset)
+
+    async def _ingest_with_retry(self, batch: Batch) -> list[ObjectResult]:
+        retry = self._config.retry
+        delay = retry.initial_backoff_ms / 1000
+        attempt = 0
+        while True:
+            try:
+                return await self._backend.ingest(batch.objects)
+            except RetryableError as exc:
+                attempt += 1
+                wait = random.uniform(delay / 2, delay)  # jitter spreads out reconnecting replicas
+                log.warning(
+                    "backend write failed (attempt %d): %s; retrying in %.1f s, "
+                    "nothing is committed meanwhile",
+                    attempt,
+                    exc,
+                    wait,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._abandon.wait(), wait)
+                if self._abandon.is_set():
+                    raise ConnectorError(
+                        "shutdown while the backend was unavailable; the batch was abandoned "
+                        "and will be read again on the next start"
+                    ) from exc
+                delay = min(retry.max_backoff_ms / 1000, delay * retry.multiplier)
+
+    # --- commit ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self._config.commit.interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit_now()
+
+    async def _commit_now(self) -> None:
+        offsets = self._tracker.committable()
+        if not offsets:
+            return
+        try:
+            await self._source.commit(offsets)
+        except Exception as exc:  # the next interval retries; uncommitted means redelivered
+            log.warning("offset commit failed, will retry: %s", exc)
+            return
+        self._tracker.mark_committed(offsets)
+        self._committed.update(offsets)
+        log.debug("committed %s", offsets)
+
+    async def _progress_loop(self, started: float) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            s = self._summary
+            elapsed = time.monotonic() - started
+            log.info(
+                "progress: %d records (%d ingested, %d duplicates, %d conflicts), %.0f records/s",
+                s.records,
+                s.inserted,
+                s.duplicates,
+                s.conflicts,
+                s.records / elapsed if elapsed else 0.0,
+            )

@@ -1,0 +1,57 @@
+"""The values that travel between the stages of the data flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.errors import Coordinates
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartition:
+    """A partition of a topic, usable as a dict key (confluent's TopicPartition is mutable)."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """One Kafka record as the Source hands it over, independent of the client library."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    epoch: int = 0  # assignment epoch of the partition when the record was fetched
+
+    @property
+    def coordinates(self) -> Coordinates:
+        return Coordinates(self.topic, self.partition, self.offset)
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    @property
+    def size(self) -> int:
+        return len(self.key or b"") + len(self.value or b"")
+
+
+@dataclass(slots=True)
+class MappedObject:
+    """An object ready for the backend: its type, its ``_id``, its document, and its origin."""
+
+    type_name: str
+    object_id: Any
+    document: dict[str, Any]
+    record: SourceRecord
+    size: int = 0
+    tombstone: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Integration-test harness: real services (Kafka, databases) for end-to-end tests."""

@@ -1,0 +1,41 @@
+"""Session fixtures for the integration tests: one Kafka for the whole session.
+
+The logic lives in integration/kafka_broker.py (``kafka_endpoint``); these are thin wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from integration.kafka_broker import KafkaBroker, KafkaEndpoint, kafka_endpoint
+
+
+@pytest.fixture(scope="session")
+def kafka_endpoint_info() -> Iterator[KafkaEndpoint]:
+    """The session's Kafka: env KAFKA_BOOTSTRAP_SERVERS, else testcontainers, else local."""
+    with kafka_endpoint() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_endpoint_info: KafkaEndpoint) -> str:
+    """Bootstrap servers string ("host:port") of the session's Kafka."""
+    return kafka_endpoint_info.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_endpoint_info: KafkaEndpoint) -> KafkaBroker:
+    """The local KafkaBroker (for restart/crash tests); skips when Kafka comes from elsewhere."""
+    if kafka_endpoint_info.broker is None:
+        hint = (
+            "unset KAFKA_BOOTSTRAP_SERVERS"
+            if kafka_endpoint_info.source == "env"
+            else "set DATA_INGEST_KAFKA=local"
+        )
+        pytest.skip(
+            f"needs the local KafkaBroker to restart it, but Kafka comes from "
+            f"{kafka_endpoint_info.source} ({hint})"
+        )
+    return kafka_endpoint_info.broker

@@ -1,0 +1,821 @@
+"""A real single-node Apache Kafka 4.x broker (KRaft combined mode) for integration tests.
+
+Why: the connector's delivery guarantees (offsets committed only after the backend acks,
+redelivery after a crash or a broker restart) can only be checked against a real broker, and
+the development/CI machines have no Docker engine. The broker runs from the official jars on
+Maven Central, resolved by ``integration/kafka/pom.xml`` into the project cache directory
+(env ``DATA_INGEST_CACHE``, default ``<repo>/.cache``), with no network access at run time once
+the cache is warm.
+
+Library use::
+
+    with KafkaBroker() as broker:
+        broker.create_topic("events", partitions=3)
+        producer = Producer({"bootstrap.servers": broker.bootstrap_servers})
+
+CLI, from the repository root::
+
+    python -m integration.kafka_broker fetch                       # only resolve the jars
+    python -m integration.kafka_broker start --state-file F        # detached; prints bootstrap
+    python -m integration.kafka_broker stop --state-file F         # stop it and clean up
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KAFKA_VERSION = "4.1.1"
+"""Pinned broker version; must resolve as org.apache.kafka:kafka_2.13 on Maven Central."""
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+POM_PATH = HERE / "kafka" / "pom.xml"
+COMPLETE_MARKER = ".complete"
+
+DEFAULT_JVM_OPTS: tuple[str, ...] = (
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    # C1 only: ready in ~2 s instead of ~4 s on 2 cores (no C2 compile threads competing);
+    # lower peak throughput, which tests do not need. Drop it for benchmarks.
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+"""JVM flags for the broker; pass ``jvm_opts`` to KafkaBroker to replace them."""
+
+STARTUP_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+NODE_ID = 1
+
+_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by integration/kafka_broker.py: broker logs at WARN to stdout (-> broker.log). -->
+<Configuration status="WARN" shutdownHook="disable">
+  <Appenders>
+    <Console name="stdout" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="WARN"><AppenderRef ref="stdout"/></Root>
+    <!-- One INFO line per start/stop ("Kafka Server started") helps reading restart logs. -->
+    <Logger name="kafka.server.KafkaRaftServer" level="INFO"/>
+  </Loggers>
+</Configuration>
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Artifacts
+# --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Project cache dir: env ``DATA_INGEST_CACHE`` or ``<repo>/.cache`` (gitignored)."""
+    env = os.environ.get("DATA_INGEST_CACHE")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache"
+
+
+def _libs_complete(libs: Path, version: str) -> bool:
+    """True when a previous resolution of ``version`` into ``libs`` finished completely."""
+    marker = libs / COMPLETE_MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    jars = info.get("jars") or []
+    return info.get("version") == version and all((libs / j).is_file() for j in jars)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock, so parallel test sessions resolve the jars only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _find_executable(name: str, env_var: str, java_home_relative: str | None = None) -> str:
+    """Locate a tool: explicit env var, then $JAVA_HOME (for java), then PATH."""
+    explicit = os.environ.get(env_var)
+    if explicit:
+        return explicit
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home_relative and java_home:
+        candidate = Path(java_home) / java_home_relative
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name!r} not found (set {env_var} or put it on PATH)")
+    return found
+
+
+def ensure_artifacts(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
+    """Resolve the broker's runtime jars with Maven once; return the ``libs`` directory.
+
+    The jars land in ``<cache>/kafka/<version>/libs`` and Maven's download cache in
+    ``<cache>/m2``. A marker file written after a successful copy makes later calls free.
+    """
+    cache = cache or cache_dir()
+    base = cache / "kafka" / version
+    libs = base / "libs"
+    if _libs_complete(libs, version):
+        return libs
+    with _file_lock(base / ".lock"):
+        if _libs_complete(libs, version):
+            return libs
+        mvn = _find_executable("mvn", "MVN")
+        partial = base / f"libs.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM_PATH),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            f"-Dmaven.repo.local={cache / 'm2'}",
+            f"-Dkafka.version={version}",
+        ]
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        jars = sorted(p.name for p in partial.glob("*.jar")) if partial.is_dir() else []
+        if proc.returncode != 0 or f"kafka_2.13-{version}.jar" not in jars:
+            shutil.rmtree(partial, ignore_errors=True)
+            output = (proc.stdout + proc.stderr)[-4000:]
+            raise RuntimeError(
+                f"resolving Kafka {version} failed (exit {proc.returncode}): "
+                f"{' '.join(cmd)}\n{output}"
+            )
+        (partial / COMPLETE_MARKER).write_text(json.dumps({"version": version, "jars": jars}))
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+    return libs
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (all sockets held open while picking)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_open(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def new_cluster_id() -> str:
+    """A random cluster id: 22 chars of URL-safe base64, like ``kafka-storage random-uuid``."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while any thread of process ``pid`` is not a zombie.
+
+    The thread-group leader of a JVM can already be a zombie while its other threads still run
+    the shutdown, so the leader's state alone does not tell whether the JVM is gone.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                # Field 3 is the state; the command name (field 2) may contain spaces or ')'.
+                if fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group led by ``pid`` (the broker runs in its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _admin(bootstrap_servers: str) -> Any:
+    """A confluent_kafka AdminClient (imported lazily: the CLI 'fetch' does not need it)."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap_servers})
+
+
+def create_topic(
+    bootstrap_servers: str,
+    name: str,
+    partitions: int = 3,
+    *,
+    replication_factor: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create a topic and wait until every partition has a leader.
+
+    Works against any broker (local, container or env-provided), since the test brokers have
+    ``auto.create.topics.enable=false``.
+    """
+    from confluent_kafka.admin import NewTopic
+
+    admin = _admin(bootstrap_servers)
+    topic = NewTopic(
+        name,
+        num_partitions=partitions,
+        replication_factor=replication_factor,
+        config=dict(config or {}),
+    )
+    futures = admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)
+    futures[name].result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))
+        tmd = md.topics.get(name)
+        if (
+            tmd is not None
+            and tmd.error is None
+            and len(tmd.partitions) == partitions
+            and all(p.leader >= 0 for p in tmd.partitions.values())
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {name!r} has no leader for every partition after {timeout}s")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# The broker
+# --------------------------------------------------------------------------------------------
+
+_LIVE: set[KafkaBroker] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_live_brokers() -> None:
+    """atexit hook: never leave a test broker's JVM behind when the Python process ends."""
+    with _LIVE_LOCK:
+        brokers = list(_LIVE)
+    for broker in brokers:
+        with contextlib.suppress(Exception):
+            broker.stop()
+
+
+atexit.register(_stop_live_brokers)
+
+
+class KafkaBroker:
+    """One Kafka broker+controller JVM (KRaft combined mode) on free loopback ports.
+
+    The broker and controller ports are picked once and kept for the object's life, so
+    ``restart()`` brings the broker back on the same address with the same data.
+    """
+
+    def __init__(
+        self,
+        *,
+        version: str = KAFKA_VERSION,
+        data_dir: str | Path | None = None,
+        keep_data: bool = False,
+        detached: bool = False,
+        jvm_opts: Sequence[str] | None = None,
+        extra_properties: Mapping[str, str | int | bool] | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT_S,
+        cache: Path | None = None,
+    ) -> None:
+        """Configure (not start) a broker.
+
+        ``data_dir``: use this directory (kept on stop) instead of a fresh temp dir.
+        ``keep_data``: keep the temp dir on ``stop()`` (to read logs after a failure).
+        ``detached``: the JVM may outlive this Python process (no atexit kill, no parent-death
+        signal); used by the CLI ``start``.
+        ``extra_properties``: added to / overriding the generated ``server.properties``.
+        """
+        self.version = version
+        self.keep_data = keep_data
+        self.detached = detached
+        self.jvm_opts: tuple[str, ...] = tuple(DEFAULT_JVM_OPTS if jvm_opts is None else jvm_opts)
+        self.extra_properties: dict[str, str | int | bool] = dict(extra_properties or {})
+        self.startup_timeout = startup_timeout
+        self._cache = cache
+        self._owns_data_dir = data_dir is None
+        self._data_dir: Path | None = Path(data_dir).resolve() if data_dir is not None else None
+        self._port: int | None = None
+        self._controller_port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+        self._cluster_id: str | None = None
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``127.0.0.1:<port>`` of the PLAINTEXT listener (valid once started)."""
+        if self._port is None:
+            raise RuntimeError("broker not started")
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int | None:
+        """Client (PLAINTEXT) listener port, or None before the first start."""
+        return self._port
+
+    @property
+    def controller_port(self) -> int | None:
+        """KRaft controller listener port, or None before the first start."""
+        return self._controller_port
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Directory holding server.properties, log4j2.xml, broker.log and the Kafka logs."""
+        return self._data_dir
+
+    @property
+    def log_path(self) -> Path | None:
+        """The JVM's stdout/stderr (broker logs at WARN), appended across restarts."""
+        return self._data_dir / "broker.log" if self._data_dir else None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the broker JVM while it runs."""
+        return self._proc.pid if self.is_running and self._proc else None
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The KRaft cluster id written by the storage format (None before the first start)."""
+        return self._cluster_id
+
+    @property
+    def is_running(self) -> bool:
+        """True while the broker JVM process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> KafkaBroker:
+        """Resolve jars, write config, format storage on first start, launch, wait for metadata.
+
+        Raises RuntimeError (with the tail of the broker log) if the JVM exits early or the
+        broker does not serve metadata within ``startup_timeout`` seconds.
+        """
+        if self.is_running:
+            raise RuntimeError(f"broker already running (pid {self.pid})")
+        libs = ensure_artifacts(self.version, self._cache)
+        first_start = self._data_dir is None
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-")).resolve()
+        try:
+            self._start_in_data_dir(libs)
+        except BaseException:
+            self._terminate(graceful=False)
+            self._unregister()
+            if first_start and self._owns_data_dir and not self.keep_data:
+                # A failed first start leaves nothing behind (``with`` never calls __exit__).
+                self.stop(remove_data=True)
+            raise
+        return self
+
+    def _start_in_data_dir(self, libs: Path) -> None:
+        """The part of ``start()`` after the data dir exists: config, format, launch, wait."""
+        assert self._data_dir is not None
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        if self._port is None or self._controller_port is None:
+            self._port, self._controller_port = _free_ports(2)
+        props_path = self._write_config()
+        java = _find_executable("java", "JAVA", "bin/java")
+        classpath = f"{libs}/*"
+        log4j = f"-Dlog4j2.configurationFile={self._data_dir / 'log4j2.xml'}"
+        if not (self._data_dir / "kraft" / "meta.properties").exists():
+            self._format(java, classpath, log4j, props_path)
+        self._cluster_id = self._read_cluster_id()
+        self._launch(
+            [java, *self.jvm_opts, log4j, "-cp", classpath, "kafka.Kafka", str(props_path)]
+        )
+        self._wait_ready()
+
+    def stop(self, *, graceful: bool = True, remove_data: bool | None = None) -> None:
+        """Stop the JVM (SIGTERM, up to 30 s, then SIGKILL); remove an owned temp dir.
+
+        ``graceful=False`` sends SIGKILL at once (a crash). ``remove_data`` overrides the
+        default, which removes the data dir only if this object created it and ``keep_data``
+        is false.
+        """
+        self._terminate(graceful=graceful)
+        self._unregister()
+        if remove_data is None:
+            remove_data = self._owns_data_dir and not self.keep_data
+        if remove_data and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+            self._port = self._controller_port = None
+
+    def restart(self, *, hard: bool = False, downtime: float = 0.0) -> None:
+        """Stop and start again on the same ports and data dir, without reformatting.
+
+        ``hard=True`` kills the JVM with SIGKILL (broker crash) instead of a clean shutdown;
+        ``downtime`` seconds pass between stop and start (clients see the broker gone).
+        """
+        self._terminate(graceful=not hard)
+        if downtime > 0:
+            time.sleep(downtime)
+        self.start()
+
+    def __enter__(self) -> KafkaBroker:
+        """Start the broker (``with KafkaBroker() as broker:``)."""
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the broker and clean up."""
+        self.stop()
+
+    # -- helpers for tests -----------------------------------------------------------------
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 3,
+        *,
+        replication_factor: int = 1,
+        config: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Create a topic on this broker and wait until all partitions have a leader."""
+        create_topic(
+            self.bootstrap_servers,
+            name,
+            partitions,
+            replication_factor=replication_factor,
+            config=config,
+            timeout=timeout,
+        )
+
+    def log_tail(self, lines: int = 60, *, since_last_start: bool = True) -> str:
+        """Last ``lines`` lines of broker.log (by default only of the current/last start)."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return "<no broker log>"
+        with path.open("rb") as fh:
+            fh.seek(self._log_offset if since_last_start else 0)
+            text = fh.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able description (what the CLI writes to its state file)."""
+        return {
+            "pid": self.pid,
+            "bootstrap_servers": self.bootstrap_servers,
+            "port": self._port,
+            "controller_port": self._controller_port,
+            "data_dir": str(self._data_dir),
+            "log": str(self.log_path),
+            "version": self.version,
+            "remove_data": self._owns_data_dir and not self.keep_data,
+        }
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _properties(self) -> dict[str, str | int | bool]:
+        """The broker's server.properties as a dict (defaults tuned for fast, small tests)."""
+        assert self._data_dir is not None
+        port, cport = self._port, self._controller_port
+        props: dict[str, str | int | bool] = {
+            "process.roles": "broker,controller",
+            "node.id": NODE_ID,
+            # Static quorum (one voter): no --standalone / dynamic-quorum bootstrap needed.
+            "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{cport}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self._data_dir / "kraft"),
+            "num.partitions": 3,
+            "default.replication.factor": 1,
+            "min.insync.replicas": 1,
+            "auto.create.topics.enable": False,
+            "offsets.topic.replication.factor": 1,
+            "offsets.topic.num.partitions": 3,
+            "transaction.state.log.replication.factor": 1,
+            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.num.partitions": 3,
+            "share.coordinator.state.topic.replication.factor": 1,
+            "share.coordinator.state.topic.min.isr": 1,
+            "group.initial.rebalance.delay.ms": 0,
+            # After a SIGKILL the restarted controller refuses the new broker incarnation until
+            # the old session expires: 9 s by default, 4 s here (hard-restart ~5.5 s, not 11 s).
+            "broker.session.timeout.ms": 4000,
+            "broker.heartbeat.interval.ms": 1000,
+            # The default 128 MiB compaction buffer is a quarter of the heap; tests need little.
+            "log.cleaner.dedupe.buffer.size": 16 * 1024 * 1024,
+        }
+        props.update(self.extra_properties)
+        return props
+
+    def _write_config(self) -> Path:
+        """Write server.properties and log4j2.xml into the data dir; return the former."""
+        assert self._data_dir is not None
+        lines = ["# Written by integration/kafka_broker.py"]
+        for key, value in self._properties().items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            lines.append(f"{key}={text}")
+        props_path = self._data_dir / "server.properties"
+        props_path.write_text("\n".join(lines) + "\n")
+        (self._data_dir / "log4j2.xml").write_text(_LOG4J2_XML)
+        return props_path
+
+    def _format(self, java: str, classpath: str, log4j: str, props_path: Path) -> None:
+        """``kafka-storage format`` equivalent; only on the first start of a data dir."""
+        cmd = [
+            java,
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            log4j,
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            new_cluster_id(),
+            "--config",
+            str(props_path),
+            "--ignore-formatted",
+        ]
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"kafka storage format failed (exit {proc.returncode}):\n"
+                f"{(proc.stdout + proc.stderr)[-4000:]}"
+            )
+
+    def _read_cluster_id(self) -> str:
+        """Cluster id from the formatted log dir's meta.properties."""
+        assert self._data_dir is not None
+        meta = self._data_dir / "kraft" / "meta.properties"
+        for line in meta.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == "cluster.id":
+                return value.strip()
+        raise RuntimeError(f"no cluster.id in {meta}")
+
+    def _launch(self, cmd: list[str]) -> None:
+        """Spawn the JVM in its own session, stdout/stderr appended to broker.log."""
+        assert self._data_dir is not None and self.log_path is not None
+        setpriv = shutil.which("setpriv")
+        if not self.detached and setpriv and threading.current_thread() is threading.main_thread():
+            # Parent-death signal: the JVM gets SIGTERM even if this Python process is
+            # SIGKILLed (atexit would not run). Only from the main thread, because Linux sends
+            # it when the *thread* that forked exits.
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+        with self.log_path.open("ab") as out:
+            out.write(f"\n===== broker start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
+            out.flush()
+            self._log_offset = out.tell()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self._data_dir,
+                start_new_session=True,
+            )
+        if not self.detached:
+            with _LIVE_LOCK:
+                _LIVE.add(self)
+
+    def _wait_ready(self) -> None:
+        """Poll until the broker answers a metadata request listing itself.
+
+        The cluster id must match ours: otherwise a foreign broker on a reused port (or a
+        JVM of ours that failed to bind) would look ready.
+        """
+        from confluent_kafka import KafkaException
+
+        assert self._proc is not None and self._port is not None
+        deadline = time.monotonic() + self.startup_timeout
+        admin = None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"Kafka broker exited with code {code} during startup "
+                    f"(log: {self.log_path}):\n{self.log_tail()}"
+                )
+            if _port_open(self._port):
+                admin = admin or _admin(self.bootstrap_servers)
+                with contextlib.suppress(KafkaException):
+                    md = admin.list_topics(timeout=2.0)
+                    if md.cluster_id == self._cluster_id and NODE_ID in md.brokers:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Kafka broker did not serve metadata within {self.startup_timeout}s "
+                    f"(log: {self.log_path}):\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _terminate(self, *, graceful: bool) -> None:
+        """Signal the JVM's process group and reap it; SIGKILL after STOP_TIMEOUT_S."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S if graceful else 10.0)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10.0)
+
+    def _unregister(self) -> None:
+        """Drop this broker from the atexit cleanup set."""
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+
+def stop_detached(state_file: str | Path, *, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop a broker started by ``start --state-file`` (another process); clean up.
+
+    Returns True if a running broker was found and stopped.
+    """
+    path = Path(state_file)
+    state = json.loads(path.read_text())
+    pid = int(state["pid"])
+    data_dir = str(state["data_dir"])
+    was_running = False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        cmdline = ""
+    # Only signal the pid if it is still our JVM (the pid may have been reused).
+    if _pid_alive(pid) and data_dir in cmdline:
+        was_running = True
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    if state.get("remove_data"):
+        shutil.rmtree(data_dir, ignore_errors=True)
+    path.unlink(missing_ok=True)
+    return was_running
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a broker for the test session (used by integration/conftest.py)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KafkaEndpoint:
+    """The Kafka the tests talk to, and where it came from (env / testcontainers / local)."""
+
+    bootstrap_servers: str
+    source: str
+    broker: KafkaBroker | None = None
+
+
+def _docker_available() -> bool:
+    """True when the ``docker`` package is installed and a Docker engine answers a ping."""
+    try:
+        import docker
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def kafka_endpoint() -> Iterator[KafkaEndpoint]:
+    """Yield a Kafka for the tests and stop what was started here.
+
+    Order: env ``KAFKA_BOOTSTRAP_SERVERS`` -> a testcontainers Kafka when a Docker engine
+    answers -> a local ``KafkaBroker``. Env ``DATA_INGEST_KAFKA=local`` skips the Docker check
+    (e.g. to run the restart tests, which need the local broker).
+    """
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        yield KafkaEndpoint(env, "env")
+        return
+    if os.environ.get("DATA_INGEST_KAFKA", "auto") != "local" and _docker_available():
+        try:
+            from testcontainers.kafka import KafkaContainer
+        except ImportError:
+            print(
+                "kafka_endpoint: Docker answers but testcontainers is not installed; "
+                "using the local KafkaBroker",
+                file=sys.stderr,
+            )
+        else:
+            image = os.environ.get("KAFKA_TESTCONTAINERS_IMAGE", "confluentinc/cp-kafka:7.9.0")
+            container = KafkaContainer(image).with_kraft()
+            container.with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+            container.start()
+            try:
+                yield KafkaEndpoint(container.get_bootstrap_server(), "testcontainers")
+            finally:
+                container.stop()
+            return
+    with KafkaBroker() as broker:
+        yield KafkaEndpoint(broker.bootstrap_servers, "local", broker)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m integration.kafka_broker {fetch,start,stop}``; see the module docstring."""
+    parser = argparse.ArgumentParser(
+        prog="python -m integration.kafka_broker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--kafka-version", default=KAFKA_VERSION, help="Kafka version to use")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="only resolve the broker jars into the cache")
+    p_start = sub.add_parser("start", help="start a detached broker, print its bootstrap servers")
+    p_start.add_argument("--state-file", required=True, type=Path)
+    p_start.add_argument("--data-dir", type=Path, help="use (and keep) this data dir")
+    p_stop = sub.add_parser("stop", help="stop the broker recorded in the state file")
+    p_stop.add_argument("--state-file", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "fetch":
+        print(ensure_artifacts(args.kafka_version))
+        return 0
+    if args.command == "start":
+        if args.state_file.exists():
+            parser.error(f"{args.state_file} exists: stop that broker first")
+        broker = KafkaBroker(version=args.kafka_version, data_dir=args.data_dir, detached=True)
+        broker.start()
+        args.state_file.parent.mkdir(parents=True, exist_ok=True)
+        args.state_file.write_text(json.dumps(broker.state(), indent=2) + "\n")
+        print(broker.bootstrap_servers)
+        return 0
+    if not args.state_file.exists():
+        print(f"{args.state_file}: no state file, nothing to stop", file=sys.stderr)
+        return 0
+    stopped = stop_detached(args.state_file)
+    print("stopped" if stopped else "broker was not running", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

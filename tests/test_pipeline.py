@@ -1,0 +1,166 @@
+"""Pipeline logic against in-memory fakes: commits follow acks, errors stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from connector.config import PipelineConfig, parse_config
+from connector.errors import FatalBackendError, RetryableError
+from connector.pipeline import Pipeline
+from connector.records import TopicPartition
+from tests.fakes import FakeBackend, FakeSource
+
+P0, P1, P2 = (TopicPartition("m", p) for p in range(3))
+
+
+def config(**overrides: Any) -> PipelineConfig:
+    data: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": "unused:9092", "poll_timeout_ms": 10},
+        "routes": [{"topic": "m", "type": "Measurement"}],
+        "backend": {"type": "sqlite", "path": "unused.db"},
+        "batching": {"max_records": 10, "max_wait_ms": 5},
+        "commit": {"interval_ms": 10},
+        "retry": {"initial_backoff_ms": 1, "max_backoff_ms": 5},
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_config(data, "test.yaml", env={})
+
+
+def logs(per_partition: int) -> dict[TopicPartition, list[bytes | None]]:
+    return {
+        tp: [
+            json.dumps({"_id": f"{tp.partition}-{i}", "v": i}).encode()
+            for i in range(per_partition)
+        ]
+        for tp in (P0, P1, P2)
+    }
+
+
+async def test_until_caught_up_ingests_everything_and_commits_the_end() -> None:
+    source, backend = FakeSource(logs(25)), FakeBackend()
+    summary = await Pipeline(config(), source, backend, until_caught_up=True).run()
+    assert summary.error is None
+    assert (summary.records, summary.inserted, summary.duplicates) == (75, 75, 0)
+    assert len(backend.stored) == 75
+    assert {tp: source.last_commit(tp) for tp in (P0, P1, P2)} == {P0: 25, P1: 25, P2: 25}
+    assert max(backend.batch_sizes) <= 10
+    assert backend.closed and source.closed
+
+
+async def test_missing_id_gets_deterministic_coordinates_id() -> None:
+    data = {P0: [b'{"v": 1}', b'{"v": 2}']}
+    first, second = FakeBackend(), FakeBackend()
+    await Pipeline(config(), FakeSource(data), first, until_caught_up=True).run()
+    await Pipeline(config(), FakeSource(data), second, until_caught_up=True).run()
+    assert first.stored.keys() == second.stored.keys()
+    assert len(first.stored) == 2
+
+
+async def test_malformed_record_stops_and_nothing_past_it_is_committed() -> None:
+    data = logs(20)
+    data[P1][7] = b'{"_id": "bad", '
+    source, backend = FakeSource(data), FakeBackend()
+    summary = await Pipeline(config(), source, backend, until_caught_up=True).run()
+    assert summary.error == (
+        "decode error at topic 'm' partition 1 offset 7: value is not valid JSON: "
+        "Expecting property name enclosed in double quotes at line 1 column 16"
+    )
+    assert source.last_commit(P1) == 7  # everything before the bad record, nothing after
+    assert ("Measurement", "1-6") in backend.stored
+    assert ("Measurement", "1-8") not in backend.stored
+    for tp in (P0, P2):
+        committed = source.last_commit(tp) or 0
+        stored = sum(1 for (_, i) in backend.stored if str(i).startswith(f"{tp.partition}-"))
+        assert committed <= stored
+
+
+async def test_nan_is_a_decode_error() -> None:
+    source = FakeSource({P0: [b'{"_id": "a", "v": NaN}']})
+    summary = await Pipeline(config(), source, FakeBackend(), until_caught_up=True).run()
+    assert summary.error == (
+        "decode error at topic 'm' partition 0 offset 0: value is not valid JSON: "
+        "NaN is not a JSON value at line 1 column 1"
+    )
+
+
+async def test_tombstone_on_asymmetric_route_is_a_record_error() -> None:
+    source = FakeSource({P0: [b'{"_id": "a"}', None]})
+    backend = FakeBackend()
+    summary = await Pipeline(config(), source, backend, until_caught_up=True).run()
+    assert summary.error == (
+        "rule-violation error at topic 'm' partition 0 offset 1: tombstone (null value) on a "
+        "route of asymmetric type Measurement: asymmetric objects are insert-only and cannot "
+        "be deleted (R8)"
+    )
+    assert source.last_commit(P0) == 1
+
+
+async def test_transient_backend_failures_are_retried_and_nothing_is_committed_meanwhile() -> None:
+    commits_during_outage: list[dict[TopicPartition, int]] = []
+    source = FakeSource(logs(30))
+
+    def fail(call: int) -> Exception | None:
+        if call <= 5:
+            commits_during_outage.extend(source.commits)
+            return RetryableError("connection refused")
+        return None
+
+    backend = FakeBackend(fail)
+    summary = await Pipeline(config(), source, backend, until_caught_up=True).run()
+    assert summary.error is None
+    assert commits_during_outage == []
+    assert len(backend.stored) == 90
+    assert backend.calls > 5
+
+
+async def test_backpressure_pauses_partitions_while_the_backend_is_slow() -> None:
+    source = FakeSource(logs(200))
+
+    class Slow(FakeBackend):
+        async def ingest(self, objects):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.01)
+            return await super().ingest(objects)
+
+    backend = Slow()
+    cfg = config(batching={"max_records": 10, "max_in_flight_batches": 1, "max_wait_ms": 1000})
+    summary = await Pipeline(cfg, source, backend, until_caught_up=True, pause_after_s=0.001).run()
+    assert summary.records == 600
+    assert source.pause_calls > 0
+    assert source.paused == set()
+
+
+async def test_fatal_backend_error_stops_the_run() -> None:
+    source = FakeSource(logs(5))
+    backend = FakeBackend(lambda call: FatalBackendError("permission denied for table"))
+    summary = await Pipeline(config(), source, backend, until_caught_up=True).run()
+    assert summary.error == "permission denied for table"
+    assert source.commits == []
+
+
+async def test_stop_during_outage_abandons_after_the_shutdown_timeout() -> None:
+    source = FakeSource(logs(5))
+    backend = FakeBackend(lambda call: RetryableError("database is restarting"))
+    pipeline = Pipeline(config(shutdown={"timeout_ms": 200}), source, backend)
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.2)
+    pipeline.request_stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert source.commits == []
+    assert summary.records == 0
+
+
+async def test_stop_finishes_the_batch_and_commits() -> None:
+    source = FakeSource(logs(5))
+    backend = FakeBackend()
+    cfg = config(batching={"max_records": 1000, "max_wait_ms": 60_000})
+    pipeline = Pipeline(cfg, source, backend)
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.2)
+    assert backend.calls == 0  # the batch waits for more records
+    pipeline.request_stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert summary.records == 15
+    assert {tp: source.last_commit(tp) for tp in (P0, P1, P2)} == {P0: 5, P1: 5, P2: 5}
