@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from connector.backends import create_backend
 from connector.config import PipelineConfig, load_config
 from connector.errors import ConfigError, ConnectorError
+from connector.mapping import bind_routes
 from connector.pipeline import Pipeline
+from connector.schemas import ObjectTypes, SchemaViolations, check_directory, load_object_types
 from connector.sources.confluent import ConfluentSource
 
 EXIT_OK = 0
@@ -87,12 +89,59 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for the Kafka broker (default: 10)",
     )
+    schemas = commands.add_parser(
+        "schemas",
+        help="work with the object types (.avsc files)",
+        description="Work with the object types declared as Avro schemas.",
+    )
+    schema_commands = schemas.add_subparsers(
+        dest="schemas_command", required=True, metavar="ACTION"
+    )
+    check = schema_commands.add_parser(
+        "check",
+        help="check a directory of object types against the rules R1-R7",
+        description=(
+            "Check every .avsc file of DIR against the rules of asymmetric data (R1-R7) and "
+            "print all violations, one per line: file, type, field path, rule, fix. "
+            "Exit 1 on violations, 0 otherwise."
+        ),
+    )
+    check.add_argument("dir", metavar="DIR", help="directory of .avsc files")
+    check.add_argument(
+        "--previous",
+        metavar="DIR",
+        help="the previous version of the same types, to check that no type changed its kind (R7)",
+    )
     return parser
 
 
-async def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
+def _check_schemas(args: argparse.Namespace) -> int:
+    violations = check_directory(args.dir, args.previous)
+    for violation in violations:
+        print(violation)
+    if violations:
+        print(f"{len(violations)} violation(s)", file=sys.stderr)
+        return EXIT_FAILURE
+    types = load_object_types(args.dir)
+    print(f"{args.dir}: {len(types)} object types OK ({', '.join(types.names())})")
+    return EXIT_OK
+
+
+def _load(path: str) -> tuple[PipelineConfig, ObjectTypes]:
+    """The pipeline file and its object types, checked against each other."""
+    config = load_config(path)
+    try:
+        types = load_object_types(config.schemas.dir)
+    except SchemaViolations as exc:
+        raise ConfigError(path, [f"schemas.dir: {v}" for v in exc.violations]) from None
+    bind_routes(config, types, path)
+    return config, types
+
+
+async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         config,
+        types,
         ConfluentSource(config.kafka),
         create_backend(config.backend),
         until_caught_up=args.until_caught_up,
@@ -167,14 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "schemas":
+        return _check_schemas(args)
     try:
-        config = load_config(args.config)
+        config, types = _load(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
     try:
         if args.command == "run":
-            return asyncio.run(_run(config, args))
+            return asyncio.run(_run(config, types, args))
+        print(f"schemas: {len(types)} object types OK ({', '.join(types.names())})")
         return asyncio.run(_validate(config, args, args.config))
     except ConnectorError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -64,12 +64,15 @@ class RouteConfig(_Section):
 
     topic: str | None = Field(default=None, min_length=1)
     topic_regex: str | None = Field(default=None, min_length=1)
-    type: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    format: Literal["json"] = "json"
+    type: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    type_from: Literal["writer_schema"] | None = None
+    format: Literal["json", "avro", "avro-raw"] = "json"
     id: Literal["field", "key", "coordinates"] = "field"
+    unknown_fields: Literal["reject", "ignore"] | None = None
+    writer_schema: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
-    def _one_topic_selector(self) -> RouteConfig:
+    def _consistent(self) -> RouteConfig:
         if (self.topic is None) == (self.topic_regex is None):
             raise ValueError("give exactly one of 'topic' or 'topic_regex'")
         if self.topic_regex is not None:
@@ -77,6 +80,16 @@ class RouteConfig(_Section):
                 re.compile(self.topic_regex)
             except re.error as exc:
                 raise ValueError(f"topic_regex is not a valid regular expression: {exc}") from exc
+        if (self.type is None) == (self.type_from is None):
+            raise ValueError(
+                "give exactly one of 'type' (an object type name) or 'type_from: writer_schema'"
+            )
+        if self.type_from is not None and self.format != "avro":
+            raise ValueError("type_from: writer_schema needs format: avro (a schema registry)")
+        if self.unknown_fields is not None and self.format != "json":
+            raise ValueError("unknown_fields applies to format: json only")
+        if self.writer_schema is not None and self.format != "avro-raw":
+            raise ValueError("writer_schema applies to format: avro-raw only")
         return self
 
     @property
@@ -141,12 +154,43 @@ class ShutdownConfig(_Section):
     timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
 
 
+class SchemasConfig(_Section):
+    """Where the object types are declared (``.avsc`` files)."""
+
+    dir: str = Field(min_length=1)
+
+
+class SchemaRegistryConfig(_Section):
+    """A Confluent-compatible Schema Registry, for routes with ``format: avro``."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    basic_auth_user_info: str | None = Field(default=None, pattern=r"^[^:]+:.*$")
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    def client_settings(self) -> dict[str, Any]:
+        """Settings for confluent-kafka's SchemaRegistryClient."""
+        settings: dict[str, Any] = dict(self.properties)
+        settings["url"] = self.url
+        if self.basic_auth_user_info is not None:
+            settings["basic.auth.user.info"] = self.basic_auth_user_info
+        return settings
+
+
+class ErrorsConfig(_Section):
+    """What a conflict does: ``report`` logs it and goes on, ``stop`` stops the run there."""
+
+    conflict: Literal["report", "stop"] = "report"
+
+
 class PipelineConfig(_Section):
     """The whole pipeline file."""
 
     kafka: KafkaConfig
+    schemas: SchemasConfig
+    schema_registry: SchemaRegistryConfig | None = None
     routes: list[RouteConfig] = Field(min_length=1)
     backend: BackendConfig
+    errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     commit: CommitConfig = Field(default_factory=CommitConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -154,6 +198,10 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> PipelineConfig:
+        if self.schema_registry is None and any(r.format == "avro" for r in self.routes):
+            raise ValueError(
+                "a route has format: avro, which needs a schema_registry section with its url"
+            )
         seen: set[str] = set()
         for route in self.routes:
             if route.topic is not None:
@@ -367,4 +415,22 @@ def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
-    return parse_config(data, source, env)
+    return relative_to(parse_config(data, source, env), Path(path).parent)
+
+
+def relative_to(config: PipelineConfig, base: Path) -> PipelineConfig:
+    """Resolve the schema paths of ``config`` against ``base`` (the pipeline file's folder).
+
+    Schemas ship with the pipeline file, so they are found next to it wherever the
+    connector is started from.
+    """
+
+    def resolve(path: str) -> str:
+        return path if Path(path).is_absolute() else str(base / path)
+
+    routes = [
+        r.model_copy(update={"writer_schema": resolve(r.writer_schema)}) if r.writer_schema else r
+        for r in config.routes
+    ]
+    schemas = config.schemas.model_copy(update={"dir": resolve(config.schemas.dir)})
+    return config.model_copy(update={"schemas": schemas, "routes": routes})

@@ -29,7 +29,8 @@ from connector.config import PipelineConfig
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
 from connector.mapping import Mapper
 from connector.offsets import OffsetTracker
-from connector.records import TopicPartition
+from connector.records import SourceRecord, TopicPartition
+from connector.schemas import ObjectTypes
 from connector.sources import Source
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class RunSummary:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
+    upserted: int = 0
+    deleted: int = 0
     elapsed_s: float = 0.0
     error: str | None = None
     committed: dict[TopicPartition, int] = field(default_factory=dict)
@@ -63,6 +66,8 @@ class RunSummary:
             f"duplicates: {self.duplicates}",
             f"conflicts:  {self.conflicts}",
             f"rejected:   {self.rejected}",
+            f"upserted:   {self.upserted}",
+            f"deleted:    {self.deleted}",
             f"elapsed:    {self.elapsed_s:.2f} s",
             f"rate:       {self.rate:.0f} records/s",
         ]
@@ -74,6 +79,7 @@ class Pipeline:
     def __init__(
         self,
         config: PipelineConfig,
+        types: ObjectTypes,
         source: Source,
         backend: Backend,
         *,
@@ -84,7 +90,7 @@ class Pipeline:
         self._config = config
         self._source = source
         self._backend = backend
-        self._mapper = Mapper(config)
+        self._mapper = Mapper(config, types)
         self._until_caught_up = until_caught_up
         self._assignment_timeout_s = assignment_timeout_s
         self._pause_after_s = pause_after_s
@@ -217,6 +223,8 @@ class Pipeline:
             records = await self._source.fetch(max_records, timeout)
             if self._stop.is_set() and self._error is not None:
                 return
+            if records and not await self._prepare(records):
+                return
             for record in records:
                 tp = record.topic_partition
                 epoch = self._tracker.epoch(tp)
@@ -254,6 +262,24 @@ class Pipeline:
                 if await self._caught_up():
                     log.info("caught up: no lag on %d partition(s)", len(self._assigned))
                     return
+
+    async def _prepare(self, records: list[SourceRecord]) -> bool:
+        """Let the decoders fetch writer schemas, retrying while the registry is down."""
+        retry = self._config.retry
+        delay = retry.initial_backoff_ms / 1000
+        attempt = 0
+        while True:
+            try:
+                await self._mapper.prepare(records)
+                return True
+            except RetryableError as exc:
+                attempt += 1
+                log.warning("%s (attempt %d); retrying in %.1f s", exc, attempt, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    return False
+                delay = min(retry.max_backoff_ms / 1000, delay * retry.multiplier)
 
     def _hand_over(self) -> None:
         while self._ready and not self._queue.full():
@@ -322,26 +348,38 @@ class Pipeline:
                 )
                 return
             summary = self._summary
+            stop_on_conflict = self._config.errors.conflict == "stop"
             for obj, result in zip(batch.objects, results, strict=True):
                 record = obj.record
-                if result.outcome is Outcome.REJECTED:
+                outcome = result.outcome
+                if outcome is Outcome.REJECTED:
                     summary.rejected += 1
                     self._fail(
                         RecordError(
                             RecordErrorKind.RULE_VIOLATION,
                             record.coordinates,
-                            f"the backend rejected {obj.type_name} _id {obj.object_id!r}: "
+                            f"the backend rejected {obj.object_type.name} _id {obj.object_id!r}: "
                             f"{result.reason}",
                         )
                     )
                     continue
-                if result.outcome is Outcome.INSERTED:
-                    summary.inserted += 1
-                elif result.outcome is Outcome.DUPLICATE:
-                    summary.duplicates += 1
-                elif result.outcome is Outcome.CONFLICT:
+                if outcome is Outcome.CONFLICT:
                     summary.conflicts += 1
-                    log.warning("conflict at %s: %s", record.coordinates, result.reason)
+                    conflict = RecordError(
+                        RecordErrorKind.CONFLICT, record.coordinates, str(result.reason)
+                    )
+                    if stop_on_conflict:
+                        self._fail(conflict)
+                        continue
+                    log.warning("%s", conflict)
+                elif outcome is Outcome.INSERTED:
+                    summary.inserted += 1
+                elif outcome is Outcome.DUPLICATE:
+                    summary.duplicates += 1
+                elif outcome is Outcome.UPSERTED:
+                    summary.upserted += 1
+                elif outcome is Outcome.DELETED:
+                    summary.deleted += 1
                 summary.records += 1
                 self._tracker.ack(record.topic_partition, record.epoch, record.offset)
 

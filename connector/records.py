@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from connector.errors import Coordinates
+
+if TYPE_CHECKING:
+    from connector.schemas import ObjectType
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +49,14 @@ class SourceRecord:
 
 @dataclass(slots=True)
 class MappedObject:
-    """An object ready for the backend: its type, its ``_id``, its document, and its origin."""
+    """An object ready for the backend: its type, ``_id``, document, and Kafka origin.
 
-    type_name: str
+    ``tombstone`` marks the deletion of a standard object (its document holds only ``_id``).
+    """
+
+    object_type: ObjectType
     object_id: Any
     document: dict[str, Any]
     record: SourceRecord
     size: int = 0
     tombstone: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -39,3 +39,12 @@ def kafka_broker(kafka_endpoint_info: KafkaEndpoint) -> KafkaBroker:
             f"{kafka_endpoint_info.source} ({hint})"
         )
     return kafka_endpoint_info.broker
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """A real Confluent-compatible Schema Registry (Apicurio, ccompat API) for the session."""
+    from integration.schema_registry import SchemaRegistryServer
+
+    with SchemaRegistryServer() as server:
+        yield server.url

@@ -23,7 +23,6 @@ CLI, from the repository root::
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import contextlib
 import fcntl
@@ -31,17 +30,31 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
+
+from integration.processes import (
+    KILL_TIMEOUT_S,
+    LOOPBACK,
+    ManagedServer,
+    free_ports,
+    pid_alive,
+    port_open,
+    read_log,
+    register_live,
+    spawn,
+    terminate,
+    unregister_live,
+    wait_for_startup,
+    wait_until,
+)
 
 KAFKA_VERSION = "4.1.1"
 """Pinned broker version; must resolve as org.apache.kafka:kafka_2.13 on Maven Central."""
@@ -185,27 +198,6 @@ def ensure_artifacts(version: str = KAFKA_VERSION, cache: Path | None = None) ->
 # --------------------------------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (all sockets held open while picking)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _port_open(port: int) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def new_cluster_id() -> str:
     """A random cluster id: 22 chars of URL-safe base64, like ``kafka-storage random-uuid``."""
     while True:
@@ -214,38 +206,19 @@ def new_cluster_id() -> str:
             return cid
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while any thread of process ``pid`` is not a zombie.
-
-    The thread-group leader of a JVM can already be a zombie while its other threads still run
-    the shutdown, so the leader's state alone does not tell whether the JVM is gone.
-    """
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                # Field 3 is the state; the command name (field 2) may contain spaces or ')'.
-                if fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                    return True
-        except (OSError, IndexError):
-            continue
-    return False
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Signal the process group led by ``pid`` (the broker runs in its own session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 def _admin(bootstrap_servers: str) -> Any:
     """A confluent_kafka AdminClient (imported lazily: the CLI 'fetch' does not need it)."""
     from confluent_kafka.admin import AdminClient
 
     return AdminClient({"bootstrap.servers": bootstrap_servers})
+
+
+class TopicOptions(TypedDict, total=False):
+    """Keyword options of `create_topic` (also taken by `KafkaBroker.create_topic`)."""
+
+    replication_factor: int
+    config: Mapping[str, str] | None
+    timeout: float
 
 
 def create_topic(
@@ -274,42 +247,30 @@ def create_topic(
     futures = admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)
     futures[name].result(timeout=timeout)
     deadline = time.monotonic() + timeout
-    while True:
+
+    def every_partition_led() -> bool:
         md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))
         tmd = md.topics.get(name)
-        if (
+        return (
             tmd is not None
             and tmd.error is None
             and len(tmd.partitions) == partitions
             and all(p.leader >= 0 for p in tmd.partitions.values())
-        ):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {name!r} has no leader for every partition after {timeout}s")
-        time.sleep(0.1)
+        )
+
+    wait_until(
+        every_partition_led,
+        timeout,
+        lambda: f"topic {name!r} has no leader for every partition after {timeout}s",
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The broker
 # --------------------------------------------------------------------------------------------
 
-_LIVE: set[KafkaBroker] = set()
-_LIVE_LOCK = threading.Lock()
 
-
-def _stop_live_brokers() -> None:
-    """atexit hook: never leave a test broker's JVM behind when the Python process ends."""
-    with _LIVE_LOCK:
-        brokers = list(_LIVE)
-    for broker in brokers:
-        with contextlib.suppress(Exception):
-            broker.stop()
-
-
-atexit.register(_stop_live_brokers)
-
-
-class KafkaBroker:
+class KafkaBroker(ManagedServer):
     """One Kafka broker+controller JVM (KRaft combined mode) on free loopback ports.
 
     The broker and controller ports are picked once and kept for the object's life, so
@@ -358,7 +319,7 @@ class KafkaBroker:
         """``127.0.0.1:<port>`` of the PLAINTEXT listener (valid once started)."""
         if self._port is None:
             raise RuntimeError("broker not started")
-        return f"127.0.0.1:{self._port}"
+        return f"{LOOPBACK}:{self._port}"
 
     @property
     def port(self) -> int | None:
@@ -413,7 +374,7 @@ class KafkaBroker:
             self._start_in_data_dir(libs)
         except BaseException:
             self._terminate(graceful=False)
-            self._unregister()
+            unregister_live(self)
             if first_start and self._owns_data_dir and not self.keep_data:
                 # A failed first start leaves nothing behind (``with`` never calls __exit__).
                 self.stop(remove_data=True)
@@ -425,7 +386,7 @@ class KafkaBroker:
         assert self._data_dir is not None
         self._data_dir.mkdir(parents=True, exist_ok=True)
         if self._port is None or self._controller_port is None:
-            self._port, self._controller_port = _free_ports(2)
+            self._port, self._controller_port = free_ports(2)
         props_path = self._write_config()
         java = _find_executable("java", "JAVA", "bin/java")
         classpath = f"{libs}/*"
@@ -446,7 +407,7 @@ class KafkaBroker:
         is false.
         """
         self._terminate(graceful=graceful)
-        self._unregister()
+        unregister_live(self)
         if remove_data is None:
             remove_data = self._owns_data_dir and not self.keep_data
         if remove_data and self._data_dir is not None:
@@ -465,44 +426,18 @@ class KafkaBroker:
             time.sleep(downtime)
         self.start()
 
-    def __enter__(self) -> KafkaBroker:
-        """Start the broker (``with KafkaBroker() as broker:``)."""
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop the broker and clean up."""
-        self.stop()
-
     # -- helpers for tests -----------------------------------------------------------------
 
-    def create_topic(
-        self,
-        name: str,
-        partitions: int = 3,
-        *,
-        replication_factor: int = 1,
-        config: Mapping[str, str] | None = None,
-        timeout: float = 30.0,
-    ) -> None:
+    def create_topic(self, name: str, partitions: int = 3, **options: Unpack[TopicOptions]) -> None:
         """Create a topic on this broker and wait until all partitions have a leader."""
-        create_topic(
-            self.bootstrap_servers,
-            name,
-            partitions,
-            replication_factor=replication_factor,
-            config=config,
-            timeout=timeout,
-        )
+        create_topic(self.bootstrap_servers, name, partitions, **options)
 
     def log_tail(self, lines: int = 60, *, since_last_start: bool = True) -> str:
         """Last ``lines`` lines of broker.log (by default only of the current/last start)."""
         path = self.log_path
         if path is None or not path.exists():
             return "<no broker log>"
-        with path.open("rb") as fh:
-            fh.seek(self._log_offset if since_last_start else 0)
-            text = fh.read().decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return read_log(path, self._log_offset if since_last_start else 0, lines)
 
     def state(self) -> dict[str, Any]:
         """JSON-able description (what the CLI writes to its state file)."""
@@ -605,29 +540,20 @@ class KafkaBroker:
         raise RuntimeError(f"no cluster.id in {meta}")
 
     def _launch(self, cmd: list[str]) -> None:
-        """Spawn the JVM in its own session, stdout/stderr appended to broker.log."""
+        """Spawn the JVM in its own session, stdout/stderr appended to broker.log.
+
+        Unless detached, it gets SIGTERM if this Python process dies and is stopped at exit.
+        """
         assert self._data_dir is not None and self.log_path is not None
-        setpriv = shutil.which("setpriv")
-        if not self.detached and setpriv and threading.current_thread() is threading.main_thread():
-            # Parent-death signal: the JVM gets SIGTERM even if this Python process is
-            # SIGKILLed (atexit would not run). Only from the main thread, because Linux sends
-            # it when the *thread* that forked exits.
-            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
-        with self.log_path.open("ab") as out:
-            out.write(f"\n===== broker start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
-            out.flush()
-            self._log_offset = out.tell()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self._data_dir,
-                start_new_session=True,
-            )
+        self._proc, self._log_offset = spawn(
+            cmd,
+            self.log_path,
+            cwd=self._data_dir,
+            banner=f"\n===== broker start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n",
+            parent_death_signal=not self.detached,
+        )
         if not self.detached:
-            with _LIVE_LOCK:
-                _LIVE.add(self)
+            register_live(self)
 
     def _wait_ready(self) -> None:
         """Poll until the broker answers a metadata request listing itself.
@@ -637,45 +563,35 @@ class KafkaBroker:
         """
         from confluent_kafka import KafkaException
 
-        assert self._proc is not None and self._port is not None
-        deadline = time.monotonic() + self.startup_timeout
-        admin = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"Kafka broker exited with code {code} during startup "
-                    f"(log: {self.log_path}):\n{self.log_tail()}"
-                )
-            if _port_open(self._port):
-                admin = admin or _admin(self.bootstrap_servers)
-                with contextlib.suppress(KafkaException):
-                    md = admin.list_topics(timeout=2.0)
-                    if md.cluster_id == self._cluster_id and NODE_ID in md.brokers:
-                        return
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Kafka broker did not serve metadata within {self.startup_timeout}s "
-                    f"(log: {self.log_path}):\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
+        assert self._proc is not None and self._port is not None and self.log_path is not None
+        port = self._port
+        admin: Any = None
+
+        def serves_metadata() -> bool:
+            nonlocal admin
+            if not port_open(port):
+                return False
+            admin = admin or _admin(self.bootstrap_servers)
+            md = admin.list_topics(timeout=2.0)
+            return bool(md.cluster_id == self._cluster_id and NODE_ID in md.brokers)
+
+        wait_for_startup(
+            self._proc,
+            serves_metadata,
+            what="Kafka broker",
+            timeout=self.startup_timeout,
+            log_path=self.log_path,
+            log_offset=self._log_offset,
+            interval=0.2,
+            retry_on=(KafkaException,),
+            timeout_error=RuntimeError,
+        )
 
     def _terminate(self, *, graceful: bool) -> None:
-        """Signal the JVM's process group and reap it; SIGKILL after STOP_TIMEOUT_S."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        _signal_group(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S if graceful else 10.0)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10.0)
-
-    def _unregister(self) -> None:
-        """Drop this broker from the atexit cleanup set."""
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
+        """Stop the JVM (SIGTERM, SIGKILL after STOP_TIMEOUT_S; or SIGKILL at once) and reap it."""
+        if self._proc is not None:
+            sig = signal.SIGTERM if graceful else signal.SIGKILL
+            terminate(self._proc, sig, STOP_TIMEOUT_S if graceful else KILL_TIMEOUT_S)
 
 
 def stop_detached(state_file: str | Path, *, timeout: float = STOP_TIMEOUT_S) -> bool:
@@ -693,17 +609,9 @@ def stop_detached(state_file: str | Path, *, timeout: float = STOP_TIMEOUT_S) ->
     except OSError:
         cmdline = ""
     # Only signal the pid if it is still our JVM (the pid may have been reused).
-    if _pid_alive(pid) and data_dir in cmdline:
+    if pid_alive(pid) and data_dir in cmdline:
         was_running = True
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10.0
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        terminate(pid, signal.SIGTERM, timeout)
     if state.get("remove_data"):
         shutil.rmtree(data_dir, ignore_errors=True)
     path.unlink(missing_ok=True)

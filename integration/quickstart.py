@@ -1,7 +1,8 @@
 """``make quickstart``: a local Kafka, sample Measurements, the connector, the stored rows.
 
 Starts the project's own single-node Kafka, creates the ``measurements`` topic, produces a
-few thousand JSON Measurement records (value, timestamp, sensor id), runs
+few thousand JSON Measurement records (value, timestamp, sensor link; the object type is
+declared in avro/Measurement.avsc), runs
 ``data-ingest run --until-caught-up`` into an SQLite file, prints the counts and a few rows,
 and stops the broker.
 """
@@ -32,9 +33,9 @@ def sample(i: int, rng: random.Random) -> tuple[int, bytes]:
     sensor = i % 12
     value = {
         "_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "sensor_id": f"sensor-{sensor:02d}",
+        "sensor": f"sensor-{sensor:02d}",
         "value": round(18 + sensor + rng.gauss(0, 0.5), 3),
-        "timestamp": 1_764_000_000_000 + i * 250,
+        "timestamp": f"2025-11-24T12:{i // 240 % 60:02d}:{i // 4 % 60:02d}.{i % 4 * 250:03d}Z",
     }
     return sensor % PARTITIONS, json.dumps(value).encode()
 

@@ -14,21 +14,30 @@ Usage::
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import tarfile
 import tempfile
-import time
-import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import Self
+
+from integration.processes import (
+    LOOPBACK,
+    ManagedServer,
+    PortInUseError,
+    free_port,
+    free_ports,
+    register_live,
+    retry_on_port_clash,
+    spawn,
+    terminate,
+    unregister_live,
+    wait_for_startup,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POM_PATH = Path(__file__).resolve().parent / "schema-registry" / "pom.xml"
@@ -36,7 +45,12 @@ CCOMPAT_PATH = "/apis/ccompat/v7"
 DEFAULT_JVM_OPTS: tuple[str, ...] = ("-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
-_PORT_IN_USE_MARKERS = ("Address already in use", "Port already bound", "BindException")
+_PORT_IN_USE_MARKERS = (
+    "Address already in use",
+    "Port already bound",
+    "BindException",
+    "seems to be in use",  # what Apicurio 3.0.9 (Quarkus) prints
+)
 
 
 class SchemaRegistryError(RuntimeError):
@@ -57,11 +71,8 @@ def pinned_version(pom: Path = POM_PATH) -> str:
     return (node.text or "").strip()
 
 
-def free_loopback_port() -> int:
-    """Ask the kernel for a currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+free_loopback_port = free_port
+"""Ask the kernel for a currently free TCP port on 127.0.0.1 (kept for existing callers)."""
 
 
 def java_executable() -> str:
@@ -143,7 +154,7 @@ def ensure_installed(version: str | None = None, cache: Path | None = None) -> P
     return _find_launcher(install_dir)
 
 
-class SchemaRegistryServer:
+class SchemaRegistryServer(ManagedServer):
     """A local Apicurio Registry process speaking the Confluent Schema Registry REST API."""
 
     def __init__(
@@ -159,15 +170,13 @@ class SchemaRegistryServer:
         self.port: int | None = None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._atexit_registered: bool = False
 
     @property
     def base_url(self) -> str:
         """Root URL of the server, e.g. ``http://127.0.0.1:PORT``."""
         if self.port is None:
             raise SchemaRegistryError("schema registry is not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -184,103 +193,58 @@ class SchemaRegistryServer:
         if self._proc is not None:
             return self
         launcher = ensure_installed(self.version)
-        if not self._atexit_registered:
-            atexit.register(self.stop)
-            self._atexit_registered = True
-        last_error: SchemaRegistryError | None = None
-        for _ in range(3):  # retry only when a picked port was taken before we bound it
-            try:
-                self._launch(launcher)
-                self._wait_ready()
-                return self
-            except SchemaRegistryError as exc:
-                log_text = self._log_tail()
-                self.stop()
-                last_error = exc
-                if not any(marker in log_text for marker in _PORT_IN_USE_MARKERS):
-                    raise
-        assert last_error is not None
-        raise last_error
+        try:
+            retry_on_port_clash(lambda: self._launch(launcher))
+        except PortInUseError as exc:
+            raise SchemaRegistryError(str(exc)) from exc
+        return self
 
     def _launch(self, launcher: Path) -> None:
-        """Spawn the JVM with loopback-only listeners on fresh free ports."""
-        self.port = free_loopback_port()
-        management_port = free_loopback_port()
+        """Spawn the JVM with loopback-only listeners on fresh free ports; wait until ready."""
+        self.port, management_port = free_ports(2)
         log_dir = cache_dir() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"schema-registry-{self.port}.log"
-        self._log = self.log_path.open("wb")
+        self.log_path.unlink(missing_ok=True)  # one log per run, as the port is in its name
         cmd = [
             java_executable(),
             *self.jvm_opts,
-            "-Dquarkus.http.host=127.0.0.1",
+            f"-Dquarkus.http.host={LOOPBACK}",
             f"-Dquarkus.http.port={self.port}",
             # Only used by versions built with the management interface on (3.1+).
-            "-Dquarkus.management.host=127.0.0.1",
+            f"-Dquarkus.management.host={LOOPBACK}",
             f"-Dquarkus.management.port={management_port}",
             "-Dquarkus.otel.sdk.disabled=true",
             "-jar",
             str(launcher),
         ]
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=launcher.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._proc, log_offset = spawn(cmd, self.log_path, cwd=launcher.parent)
+        register_live(self)
+        try:
+            wait_for_startup(
+                self._proc,
+                self._answers,
+                what="schema registry",
+                timeout=self.startup_timeout,
+                log_path=self.log_path,
+                log_offset=log_offset,
+                port_clash=_PORT_IN_USE_MARKERS,
+                retry_on=(OSError,),  # urllib's errors, connection refused or reset
+                error=SchemaRegistryError,
+                timeout_error=SchemaRegistryError,
+            )
+        except BaseException:
+            self.stop()
+            raise
 
-    def _wait_ready(self) -> None:
-        """Poll ``GET /subjects`` until it returns 200, the process dies or time runs out."""
-        deadline = time.monotonic() + self.startup_timeout
-        probe = self.url + "/subjects"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise SchemaRegistryError(
-                    f"schema registry exited with {self._proc.returncode}:\n{self._log_tail()}"
-                )
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(probe, timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        raise SchemaRegistryError(
-            f"schema registry not ready after {self.startup_timeout}s:\n{self._log_tail()}"
-        )
-
-    def _log_tail(self, chars: int = 4000) -> str:
-        """Last ``chars`` characters of the server log (for error messages)."""
-        if self.log_path is None or not self.log_path.is_file():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
+    def _answers(self) -> bool:
+        """Whether ``GET /subjects`` returns 200."""
+        with urllib.request.urlopen(self.url + "/subjects", timeout=2) as resp:
+            return bool(resp.status == 200)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the server (SIGTERM), then kill it if it does not exit within ``timeout``."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        """Start the server."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
+        if proc is not None:
+            terminate(proc, signal.SIGTERM, timeout)
+        unregister_live(self)

@@ -67,12 +67,21 @@ def produce(
     return delivered
 
 
+AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
+ID_NAMESPACE = uuid.UUID("0c8b1d5e-7a53-4c38-9a33-3a2f6f1f0d44")
+
+
+def measurement_id(topic: str, partition: int, i: int) -> str:
+    """The _id the tests give the i-th Measurement of a partition (a UUID, as declared)."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{topic}-{partition}-{i}"))
+
+
 def measurement(topic: str, partition: int, i: int) -> bytes:
-    """A sample Measurement record: value, timestamp, sensor id; _id names its origin."""
+    """A sample Measurement as JSON: _id (uuid), sensor link, value, timestamp."""
     return json.dumps(
         {
-            "_id": f"{topic}-{partition}-{i}",
-            "sensor_id": f"sensor-{i % 17}",
+            "_id": measurement_id(topic, partition, i),
+            "sensor": f"sensor-{i % 17}",
             "value": round(20.0 + (i % 100) / 10, 2),
             "timestamp": 1_700_000_000_000 + i,
         }
@@ -142,6 +151,7 @@ def write_config(
             "group_id": group,
             "properties": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
         },
+        "schemas": {"dir": str(AVRO_DIR)},
         "routes": routes,
         "backend": backend,
         "batching": {"max_records": 500, "max_wait_ms": 100},

@@ -13,6 +13,7 @@ from integration.support import (
     committed_offsets,
     kill,
     measurement,
+    measurement_id,
     produce,
     rows_per_partition,
     run_connector,
@@ -66,7 +67,7 @@ def test_20000_records_over_3_partitions(tmp_path: Path, kafka_bootstrap: str) -
     rows = sqlite_rows(db, "Measurement")
     assert len(rows) == total
     assert {r[0] for r in rows} == {
-        f"{topic}-{i % PARTITIONS}-{i // PARTITIONS}" for i in range(total)
+        measurement_id(topic, i % PARTITIONS, i // PARTITIONS) for i in range(total)
     }
     per_partition = rows_per_partition(rows)
     assert committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == per_partition
@@ -116,7 +117,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     result = run_connector(config)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = sqlite_rows(db, "Measurement")
-    expected = {f"{topic}-{p}-{n}" for p, count in sent.items() for n in range(count)}
+    expected = {measurement_id(topic, p, n) for p, count in sent.items() for n in range(count)}
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids))
     assert set(ids) == expected, (

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
-from connector.backends import DUPLICATE, INSERTED, Backend, ObjectResult
+from connector.backends import DELETED, DUPLICATE, INSERTED, UPSERTED, Backend, ObjectResult
 from connector.records import MappedObject, SourceRecord, TopicPartition
+from connector.schemas import load_object_types
 from connector.sources import RebalanceListener, Source
+
+AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
+TYPES = load_object_types(AVRO_DIR)
+
+
+def measurement(partition: int, i: int) -> bytes:
+    """A valid Measurement (JSON) whose _id is derived from (partition, i)."""
+    object_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{partition}-{i}")
+    return json.dumps(
+        {"_id": str(object_id), "sensor": "s-1", "value": i / 2, "timestamp": 1_700_000_000_000 + i}
+    ).encode()
 
 
 class FakeSource(Source):
@@ -101,13 +116,23 @@ class FakeBackend(Backend):
         self.batch_sizes.append(len(objects))
         results = []
         for obj in objects:
-            key = (obj.type_name, obj.object_id)
-            if key in self.stored:
+            key = (obj.object_type.name, str(obj.object_id))
+            if obj.tombstone:
+                self.stored.pop(key, None)
+                results.append(DELETED)
+            elif not obj.object_type.asymmetric:
+                self.stored[key] = obj.document
+                results.append(UPSERTED)
+            elif key in self.stored:
                 results.append(DUPLICATE)
             else:
                 self.stored[key] = obj.document
                 results.append(INSERTED)
         return results
+
+    def has(self, value: bytes) -> bool:
+        """True when the Measurement encoded in ``value`` is stored."""
+        return ("Measurement", json.loads(value)["_id"]) in self.stored
 
     async def check(self) -> str:
         return "fake"

@@ -15,6 +15,8 @@ kafka:
   group_id: ingest
   properties:
     session.timeout.ms: 10000
+schemas:
+  dir: avro
 routes:
   - topic: measurements
     type: Measurement
@@ -61,6 +63,7 @@ def test_valid_file_with_env_substitution(tmp_path: Path) -> None:
     assert config.route_for("events-eu").type == "AppEvent"
     assert config.route_for("events") is None
     assert config.route_for("measurements").type == "Measurement"
+    assert config.schemas.dir == str(tmp_path / "avro")  # relative to the pipeline file
 
 
 def test_env_value_overrides_default(tmp_path: Path) -> None:
@@ -72,6 +75,7 @@ def test_dollar_dollar_is_a_literal_dollar() -> None:
     config = parse_config(
         {
             "kafka": {"bootstrap_servers": "b", "group_id": "g$${x}"},
+            "schemas": {"dir": "avro"},
             "routes": [{"topic": "t", "type": "T"}],
             "backend": {"type": "sqlite", "path": "p"},
         },
@@ -105,8 +109,8 @@ def test_unknown_key_inside_backend(tmp_path: Path) -> None:
 
 def test_unknown_top_level_section(tmp_path: Path) -> None:
     assert errors_of(tmp_path, GOOD + "extra: 1\n", {"DB_PATH": "a"}) == [
-        "extra: unknown key; allowed keys here: kafka, routes, backend, batching, commit, "
-        "retry, shutdown"
+        "extra: unknown key; allowed keys here: kafka, schemas, schema_registry, routes, "
+        "backend, errors, batching, commit, retry, shutdown"
     ]
 
 
@@ -124,7 +128,7 @@ def test_out_of_range(tmp_path: Path) -> None:
 
 
 def test_missing_values(tmp_path: Path) -> None:
-    assert errors_of(tmp_path, "kafka: {}\nroutes: []\nbackend: {}\n") == [
+    assert errors_of(tmp_path, "kafka: {}\nschemas: {dir: a}\nroutes: []\nbackend: {}\n") == [
         "kafka.bootstrap_servers: missing value; this key is required",
         "routes: needs at least 1 entry",
         "backend.type: missing value; say which backend, e.g. type: sqlite",
@@ -132,7 +136,7 @@ def test_missing_values(tmp_path: Path) -> None:
 
 
 def test_missing_section(tmp_path: Path) -> None:
-    text = "kafka:\n  bootstrap_servers: b\nroutes:\n  - {topic: t, type: T}\n"
+    text = "kafka:\n  bootstrap_servers: b\nschemas: {dir: a}\nroutes:\n  - {topic: t, type: T}\n"
     assert errors_of(tmp_path, text) == ["backend: missing value; this key is required"]
 
 
@@ -146,7 +150,7 @@ def test_unknown_backend_type(tmp_path: Path) -> None:
 def test_unknown_format(tmp_path: Path) -> None:
     text = GOOD.replace("format: json", "format: xml")
     assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
-        "routes[0].format: Input should be 'json' (got 'xml')"
+        "routes[0].format: Input should be 'json', 'avro' or 'avro-raw' (got 'xml')"
     ]
 
 
@@ -219,3 +223,48 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(missing)
     assert str(info.value) == f"{missing}: cannot read the file: No such file or directory"
+
+
+def test_route_type_or_type_from(tmp_path: Path) -> None:
+    text = GOOD.replace("    type: Measurement\n", "")
+    assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
+        "routes[0]: give exactly one of 'type' (an object type name) or 'type_from: writer_schema'"
+    ]
+
+
+def test_type_from_needs_avro(tmp_path: Path) -> None:
+    text = GOOD.replace("    type: Measurement\n", "    type_from: writer_schema\n")
+    assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
+        "routes[0]: type_from: writer_schema needs format: avro (a schema registry)"
+    ]
+
+
+def test_avro_route_needs_a_schema_registry(tmp_path: Path) -> None:
+    text = GOOD.replace("format: json", "format: avro")
+    assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
+        "(top level): a route has format: avro, which needs a schema_registry section with its url"
+    ]
+
+
+def test_option_of_another_format(tmp_path: Path) -> None:
+    text = GOOD.replace("format: json", "format: avro-raw\n    unknown_fields: ignore")
+    assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
+        "routes[0]: unknown_fields applies to format: json only"
+    ]
+
+
+def test_schema_registry_section(tmp_path: Path) -> None:
+    text = GOOD.replace("format: json", "format: avro") + (
+        "schema_registry:\n  url: https://sr:8081\n  basic_auth_user_info: ${SR_AUTH}\n"
+        "  properties:\n    ssl.ca.location: /ca.pem\n"
+    )
+    config = load_config(write(tmp_path, text), env={"DB_PATH": "a", "SR_AUTH": "u:p"})
+    assert config.schema_registry.client_settings() == {
+        "url": "https://sr:8081",
+        "basic.auth.user.info": "u:p",
+        "ssl.ca.location": "/ca.pem",
+    }
+    bad = GOOD + "schema_registry:\n  url: sr:8081\n"
+    assert errors_of(tmp_path, bad, {"DB_PATH": "a"}) == [
+        "schema_registry.url: String should match pattern '^https?://' (got 'sr:8081')"
+    ]

@@ -8,16 +8,21 @@ from typing import Any
 
 from connector.config import PipelineConfig, parse_config
 from connector.errors import FatalBackendError, RetryableError
-from connector.pipeline import Pipeline
+from connector.pipeline import Pipeline as _Pipeline
 from connector.records import TopicPartition
-from tests.fakes import FakeBackend, FakeSource
+from tests.fakes import AVRO_DIR, TYPES, FakeBackend, FakeSource, measurement
 
 P0, P1, P2 = (TopicPartition("m", p) for p in range(3))
+
+
+def Pipeline(config: PipelineConfig, *args: Any, **kwargs: Any) -> _Pipeline:
+    return _Pipeline(config, TYPES, *args, **kwargs)
 
 
 def config(**overrides: Any) -> PipelineConfig:
     data: dict[str, Any] = {
         "kafka": {"bootstrap_servers": "unused:9092", "poll_timeout_ms": 10},
+        "schemas": {"dir": str(AVRO_DIR)},
         "routes": [{"topic": "m", "type": "Measurement"}],
         "backend": {"type": "sqlite", "path": "unused.db"},
         "batching": {"max_records": 10, "max_wait_ms": 5},
@@ -30,13 +35,7 @@ def config(**overrides: Any) -> PipelineConfig:
 
 
 def logs(per_partition: int) -> dict[TopicPartition, list[bytes | None]]:
-    return {
-        tp: [
-            json.dumps({"_id": f"{tp.partition}-{i}", "v": i}).encode()
-            for i in range(per_partition)
-        ]
-        for tp in (P0, P1, P2)
-    }
+    return {tp: [measurement(tp.partition, i) for i in range(per_partition)] for tp in (P0, P1, P2)}
 
 
 async def test_until_caught_up_ingests_everything_and_commits_the_end() -> None:
@@ -51,7 +50,14 @@ async def test_until_caught_up_ingests_everything_and_commits_the_end() -> None:
 
 
 async def test_missing_id_gets_deterministic_coordinates_id() -> None:
-    data = {P0: [b'{"v": 1}', b'{"v": 2}']}
+    data = {
+        P0: [
+            json.dumps(
+                {k: v for k, v in json.loads(measurement(0, i)).items() if k != "_id"}
+            ).encode()
+            for i in range(2)
+        ]
+    }
     first, second = FakeBackend(), FakeBackend()
     await Pipeline(config(), FakeSource(data), first, until_caught_up=True).run()
     await Pipeline(config(), FakeSource(data), second, until_caught_up=True).run()
@@ -69,16 +75,14 @@ async def test_malformed_record_stops_and_nothing_past_it_is_committed() -> None
         "Expecting property name enclosed in double quotes at line 1 column 16"
     )
     assert source.last_commit(P1) == 7  # everything before the bad record, nothing after
-    assert ("Measurement", "1-6") in backend.stored
-    assert ("Measurement", "1-8") not in backend.stored
+    assert backend.has(measurement(1, 6)) and not backend.has(measurement(1, 8))
     for tp in (P0, P2):
         committed = source.last_commit(tp) or 0
-        stored = sum(1 for (_, i) in backend.stored if str(i).startswith(f"{tp.partition}-"))
-        assert committed <= stored
+        assert all(backend.has(measurement(tp.partition, i)) for i in range(committed))
 
 
 async def test_nan_is_a_decode_error() -> None:
-    source = FakeSource({P0: [b'{"_id": "a", "v": NaN}']})
+    source = FakeSource({P0: [b'{"_id": "a", "value": NaN}']})
     summary = await Pipeline(config(), source, FakeBackend(), until_caught_up=True).run()
     assert summary.error == (
         "decode error at topic 'm' partition 0 offset 0: value is not valid JSON: "
@@ -87,7 +91,7 @@ async def test_nan_is_a_decode_error() -> None:
 
 
 async def test_tombstone_on_asymmetric_route_is_a_record_error() -> None:
-    source = FakeSource({P0: [b'{"_id": "a"}', None]})
+    source = FakeSource({P0: [measurement(0, 0), None]})
     backend = FakeBackend()
     summary = await Pipeline(config(), source, backend, until_caught_up=True).run()
     assert summary.error == (

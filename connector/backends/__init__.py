@@ -4,7 +4,8 @@ Contract (DESIGN.md): ``ingest(batch)`` returns one ``ObjectResult`` per object,
 order, and everything it reports is durable when it returns. A transient failure raises
 ``RetryableError`` and nothing of the batch may be counted as acked. Asymmetric objects are
 only inserted (R8): a re-delivery with the same document is a duplicate, a different
-document under a stored ``_id`` is a conflict and is never written (R9).
+document under a stored ``_id`` is a conflict and is never written (R9). Standard objects
+are upserted by ``_id`` (the latest offset of a partition wins) and deleted by tombstones.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
+    UPSERTED = "upserted"  # standard objects: written (new or replaced)
+    DELETED = "deleted"  # standard objects: a tombstone removed it (or it was absent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,8 @@ class ObjectResult:
 
 INSERTED = ObjectResult(Outcome.INSERTED)
 DUPLICATE = ObjectResult(Outcome.DUPLICATE)
+UPSERTED = ObjectResult(Outcome.UPSERTED)
+DELETED = ObjectResult(Outcome.DELETED)
 
 
 class Backend(ABC):

@@ -1,7 +1,8 @@
 """The embedded SQLite backend, the default for a single machine and the quickstart.
 
-One table per object type: ``_id`` primary key, the canonical JSON document, and the Kafka
-coordinates of the write that stored it. A batch is one ``BEGIN IMMEDIATE`` transaction in
+One table per object type (named by its ``collection``): ``_id`` primary key (text for uuid
+and ObjectId ids), the canonical JSON document, and the Kafka coordinates of the write
+that stored it. A batch is one ``BEGIN IMMEDIATE`` transaction in
 WAL mode with ``synchronous=FULL`` by default, so a batch reported as ingested survives a
 crash of the process or of the machine.
 """
@@ -15,9 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from connector.backends import DUPLICATE, INSERTED, Backend, ObjectResult, Outcome
+from connector.backends import (
+    DELETED,
+    DUPLICATE,
+    INSERTED,
+    UPSERTED,
+    Backend,
+    ObjectResult,
+    Outcome,
+)
 from connector.config import SqliteBackendConfig
-from connector.documents import canonical_json, differing_fields
+from connector.documents import canonical_json, differing_fields, storage_id
 from connector.errors import FatalBackendError, RetryableError
 from connector.records import MappedObject
 
@@ -80,15 +89,16 @@ class SqliteBackend(Backend):
     async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
         return await self._run(self._ingest, objects)
 
-    def _ensure_table(self, conn: sqlite3.Connection, type_name: str) -> None:
-        if type_name in self._tables:
-            return
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {table_name(type_name)} ("
-            "_id PRIMARY KEY NOT NULL, doc TEXT NOT NULL, "
-            "_topic TEXT NOT NULL, _partition INTEGER NOT NULL, _offset INTEGER NOT NULL)"
-        )
-        self._tables.add(type_name)
+    def _ensure_table(self, conn: sqlite3.Connection, name: str) -> str:
+        table = table_name(name)
+        if name not in self._tables:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                "_id PRIMARY KEY NOT NULL, doc TEXT NOT NULL, "
+                "_topic TEXT NOT NULL, _partition INTEGER NOT NULL, _offset INTEGER NOT NULL)"
+            )
+            self._tables.add(name)
+        return table
 
     def _ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
         conn = self._conn
@@ -99,7 +109,7 @@ class SqliteBackend(Backend):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for obj in objects:
-                    results.append(self._insert_one(conn, obj))
+                    results.append(self._write_one(conn, obj))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -112,27 +122,47 @@ class SqliteBackend(Backend):
             raise FatalBackendError(f"SQLite write failed: {exc}") from exc
         return results
 
-    def _insert_one(self, conn: sqlite3.Connection, obj: MappedObject) -> ObjectResult:
+    def _write_one(self, conn: sqlite3.Connection, obj: MappedObject) -> ObjectResult:
+        table = self._ensure_table(conn, obj.object_type.collection)
+        record = obj.record
+        key = storage_id(obj.object_id)
+        if obj.tombstone:
+            # Latest offset wins: an older tombstone replayed after a newer upsert of the
+            # same partition must not delete it.
+            conn.execute(
+                f"DELETE FROM {table} WHERE _id = ? AND NOT "
+                "(_topic = ? AND _partition = ? AND _offset > ?)",
+                (key, record.topic, record.partition, record.offset),
+            )
+            return DELETED
         try:
             doc = canonical_json(obj.document)
         except (TypeError, ValueError) as exc:
             return ObjectResult(Outcome.REJECTED, f"document cannot be stored: {exc}")
-        self._ensure_table(conn, obj.type_name)
-        table = table_name(obj.type_name)
-        record = obj.record
+        values = (key, doc, record.topic, record.partition, record.offset)
+        if not obj.object_type.asymmetric:
+            conn.execute(
+                f"INSERT INTO {table} (_id, doc, _topic, _partition, _offset) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc, "
+                "_topic = excluded._topic, _partition = excluded._partition, "
+                "_offset = excluded._offset WHERE NOT (_topic = excluded._topic AND "
+                "_partition = excluded._partition AND _offset > excluded._offset)",
+                values,
+            )
+            return UPSERTED
         cursor = conn.execute(
             f"INSERT INTO {table} (_id, doc, _topic, _partition, _offset) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(_id) DO NOTHING",
-            (obj.object_id, doc, record.topic, record.partition, record.offset),
+            values,
         )
         if cursor.rowcount == 1:
             return INSERTED
-        stored = conn.execute(f"SELECT doc FROM {table} WHERE _id = ?", (obj.object_id,)).fetchone()
+        stored = conn.execute(f"SELECT doc FROM {table} WHERE _id = ?", (key,)).fetchone()
         if stored is not None and stored[0] == doc:
             return DUPLICATE
         fields = differing_fields(json.loads(stored[0]) if stored else {}, json.loads(doc))
         return ObjectResult(
             Outcome.CONFLICT,
-            f"a different {obj.type_name} is already stored under _id {obj.object_id!r} "
+            f"a different {obj.object_type.name} is already stored under _id {key!r} "
             f"(fields differing: {', '.join(fields)}); first write wins, this one was not written",
         )

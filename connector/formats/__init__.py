@@ -1,14 +1,20 @@
-"""The Decode stage: bytes of a Kafka record value into a Python value, per route format."""
+"""The Decode stage: a record value becomes a document of a declared object type."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 from connector.records import SourceRecord
+from connector.schemas import ObjectType
 
 
 class Decoder(Protocol):
-    """Turns a record's value into a document; raises ``RecordError`` naming the cause."""
+    """Turns a record's value into (its object type, its document).
 
-    def decode(self, record: SourceRecord) -> dict[str, Any]:
-        """The decoded object (the value must not be None: tombstones are handled before)."""
+    ``prepare`` runs before a fetched batch is decoded and may do I/O (fetching writer
+    schemas); ``decode`` is synchronous and raises ``RecordError`` naming the cause.
+    """
+
+    async def prepare(self, records: list[SourceRecord]) -> None: ...
+
+    def decode(self, record: SourceRecord) -> tuple[ObjectType, dict[str, Any]]: ...
