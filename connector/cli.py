@@ -143,7 +143,7 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
         config,
         types,
         ConfluentSource(config.kafka),
-        create_backend(config.backend),
+        create_backend(config.backend, types),
         until_caught_up=args.until_caught_up,
         assignment_timeout_s=args.assignment_timeout,
     )
@@ -171,7 +171,9 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
     return EXIT_OK
 
 
-async def _validate(config: PipelineConfig, args: argparse.Namespace, source_name: str) -> int:
+async def _validate(
+    config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace, source_name: str
+) -> int:
     problems: list[str] = []
     source = ConfluentSource(config.kafka)
     try:
@@ -193,7 +195,7 @@ async def _validate(config: PipelineConfig, args: argparse.Namespace, source_nam
         problems.append(f"kafka: cannot reach {config.kafka.bootstrap_servers}: {exc}")
     finally:
         await source.close()
-    backend = create_backend(config.backend)
+    backend = create_backend(config.backend, types)
     try:
         print(f"backend: {await backend.check()}")
     except Exception as exc:
@@ -227,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return asyncio.run(_run(config, types, args))
         print(f"schemas: {len(types)} object types OK ({', '.join(types.names())})")
-        return asyncio.run(_validate(config, args, args.config))
+        return asyncio.run(_validate(config, types, args, args.config))
     except ConnectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

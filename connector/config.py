@@ -33,7 +33,7 @@ MANAGED_KAFKA_PROPERTIES = {
 class _Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class KafkaConfig(_Section):
@@ -116,7 +116,92 @@ class SqliteBackendConfig(_Section):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
 
 
-BackendConfig = Annotated[Union[SqliteBackendConfig], Field(discriminator="type")]  # noqa: UP007
+class PoolConfig(_Section):
+    """Connection pool bounds."""
+
+    min_size: int = Field(default=1, ge=0, le=100)
+    max_size: int = Field(default=4, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PoolConfig:
+        if self.max_size < self.min_size:
+            raise ValueError("max_size must be >= min_size")
+        return self
+
+
+class TlsConfig(_Section):
+    """TLS to the database server (libpq's sslmode names)."""
+
+    mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file for a client certificate")
+        if self.mode in ("verify-ca", "verify-full") and self.ca_file is None:
+            raise ValueError(f"mode {self.mode} needs ca_file (the CA that signed the server)")
+        return self
+
+
+class PostgresBackendConfig(_Section):
+    """PostgreSQL: one table per object type, COPY + INSERT ... ON CONFLICT per batch."""
+
+    type: Literal["postgres"]
+    dsn: str = Field(min_length=1, pattern=r"^postgres(ql)?://")
+    db_schema: str = Field(
+        default="public", alias="schema", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$"
+    )
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    create_tables: bool = True
+    tls: TlsConfig | None = None
+    command_timeout_ms: int = Field(default=60_000, ge=100)
+
+
+class WriteConcernConfig(_Section):
+    """MongoDB write concern; the default is durable on a majority of the replica set."""
+
+    w: int | Literal["majority"] = "majority"
+    j: bool = True
+    wtimeout_ms: int = Field(default=30_000, ge=0)
+
+    @field_validator("w")
+    @classmethod
+    def _acknowledged(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(
+                f"{value} does not wait for acknowledgement, but offsets are committed only "
+                "after durable writes; use majority (or 1 without a replica set)"
+            )
+        return value
+
+
+class TimeSeriesConfig(_Section):
+    """Options of a MongoDB time-series collection for one asymmetric type."""
+
+    time_field: str = Field(min_length=1)
+    meta_field: str | None = None
+    granularity: Literal["seconds", "minutes", "hours"] = "seconds"
+
+
+class MongoBackendConfig(_Section):
+    """MongoDB (or a wire-compatible server): one collection per object type."""
+
+    type: Literal["mongodb"]
+    uri: str = Field(min_length=1, pattern=r"^mongodb(\+srv)?://")
+    database: str = Field(min_length=1)
+    write_concern: WriteConcernConfig = Field(default_factory=WriteConcernConfig)
+    timeseries: dict[str, TimeSeriesConfig] = Field(default_factory=dict)
+    decimals: Literal["decimal128", "string"] = "decimal128"
+    server_selection_timeout_ms: int = Field(default=10_000, ge=100)
+
+
+BackendConfig = Annotated[
+    Union[SqliteBackendConfig, PostgresBackendConfig, MongoBackendConfig],  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 
 class BatchingConfig(_Section):
@@ -315,7 +400,7 @@ def _model_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, tuple
         current = _unwrap(current)
         origin = typing.get_origin(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
+            field = _field_by_key(current, str(part))
             if field is None and part == _tag_of(current):
                 continue  # the tag of a discriminated union with a single member
             shown.append(part)
@@ -342,6 +427,18 @@ def _model_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, tuple
     return model, tuple(shown)
 
 
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a user writes for a model: aliases where a field has one."""
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _field_by_key(model: type[BaseModel], key: str) -> Any:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            return f
+    return None
+
+
 def _tag_of(model: type[BaseModel]) -> str | None:
     field = model.model_fields.get("type")
     if field is None:
@@ -356,7 +453,7 @@ def _describe(error: Any) -> str:
     if kind == "extra_forbidden":
         parent, shown_parent = _model_at(loc[:-1])
         path = _format_path((*shown_parent, loc[-1]))
-        allowed = ", ".join(parent.model_fields) if parent else ""
+        allowed = ", ".join(_keys(parent)) if parent else ""
         hint = f"; allowed keys here: {allowed}" if allowed else ""
         return f"{path}: unknown key{hint}"
     _, shown = _model_at(loc)

@@ -52,6 +52,7 @@ class RunSummary:
     upserted: int = 0
     deleted: int = 0
     elapsed_s: float = 0.0
+    startup_s: float | None = None  # until the first record arrived (joining the group, ...)
     error: str | None = None
     committed: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -69,6 +70,12 @@ class RunSummary:
             f"upserted:   {self.upserted}",
             f"deleted:    {self.deleted}",
             f"elapsed:    {self.elapsed_s:.2f} s",
+            "startup:    "
+            + (
+                "-"
+                if self.startup_s is None
+                else f"{self.startup_s:.2f} s (until the first record)"
+            ),
             f"rate:       {self.rate:.0f} records/s",
         ]
 
@@ -108,6 +115,7 @@ class Pipeline:
         self._summary = RunSummary()
         self._error: ConnectorError | None = None
         self._committed: dict[TopicPartition, int] = {}
+        self._started = time.monotonic()
 
     # --- rebalance listener ------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class Pipeline:
 
     async def run(self) -> RunSummary:
         """Run until stopped, caught up (if asked) or failed; always commits what is acked."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         await self._backend.open()
         subscriptions = [route.subscription for route in self._config.routes]
         await self._source.start(subscriptions, self)
@@ -223,6 +231,8 @@ class Pipeline:
             records = await self._source.fetch(max_records, timeout)
             if self._stop.is_set() and self._error is not None:
                 return
+            if records and self._summary.startup_s is None:
+                self._summary.startup_s = time.monotonic() - self._started
             if records and not await self._prepare(records):
                 return
             for record in records:

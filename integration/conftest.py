@@ -1,4 +1,4 @@
-"""Session fixtures for the integration tests: one Kafka for the whole session.
+"""Session fixtures for the integration tests: one Kafka and one of each server per session.
 
 The logic lives in integration/kafka_broker.py (``kafka_endpoint``); these are thin wrappers.
 """
@@ -6,9 +6,12 @@ The logic lives in integration/kafka_broker.py (``kafka_endpoint``); these are t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from integration.backends import BackendUnderTest, PostgresUnderTest, SqliteUnderTest
 from integration.kafka_broker import KafkaBroker, KafkaEndpoint, kafka_endpoint
 
 
@@ -48,3 +51,33 @@ def schema_registry_url() -> Iterator[str]:
 
     with SchemaRegistryServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (outages restart the same one)."""
+    from integration.postgres_server import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[Any]:
+    """A MongoDB-wire server (FerretDB over SQLite) for the session."""
+    from integration.mongo_server import MongoWireServer
+
+    with MongoWireServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mongodb"])
+def backend_under_test(request: pytest.FixtureRequest, tmp_path: Path) -> BackendUnderTest:
+    """Each backend in turn, with a namespace of its own for this test."""
+    if request.param == "sqlite":
+        return SqliteUnderTest(tmp_path)
+    if request.param == "postgres":
+        return PostgresUnderTest(request.getfixturevalue("postgres_server"))
+    from integration.backends import MongoUnderTest
+
+    return MongoUnderTest(request.getfixturevalue("mongo_server"))

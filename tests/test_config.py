@@ -143,7 +143,7 @@ def test_missing_section(tmp_path: Path) -> None:
 def test_unknown_backend_type(tmp_path: Path) -> None:
     text = GOOD.replace("type: sqlite", "type: mysql")
     assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
-        "backend.type: unknown type 'mysql'; use one of 'sqlite'"
+        "backend.type: unknown type 'mysql'; use one of 'sqlite', 'postgres', 'mongodb'"
     ]
 
 
@@ -267,4 +267,31 @@ def test_schema_registry_section(tmp_path: Path) -> None:
     bad = GOOD + "schema_registry:\n  url: sr:8081\n"
     assert errors_of(tmp_path, bad, {"DB_PATH": "a"}) == [
         "schema_registry.url: String should match pattern '^https?://' (got 'sr:8081')"
+    ]
+
+
+def test_postgres_and_mongodb_sections(tmp_path: Path) -> None:
+    pg = GOOD.replace(
+        "  type: sqlite\n  path: ${DB_PATH}\n",
+        "  type: postgres\n  dsn: postgresql://u@db/ingest\n  schema: ingest\n  pool: {max_size: 8}\n  tls: {mode: require}\n  colour: red\n",
+    )
+    assert errors_of(tmp_path, pg) == [
+        "backend.colour: unknown key; allowed keys here: type, dsn, schema, pool, create_tables, tls, command_timeout_ms"
+    ]
+    config = load_config(write(tmp_path, pg.replace("  colour: red\n", "")))
+    assert (config.backend.db_schema, config.backend.pool.max_size, config.backend.tls.mode) == (
+        "ingest",
+        8,
+        "require",
+    )
+    mongo = GOOD.replace(
+        "  type: sqlite\n  path: ${DB_PATH}\n",
+        "  type: mongodb\n  uri: mongodb://db:27017/\n  database: ingest\n  timeseries:\n    Measurement: {time_field: timestamp, granularity: weeks}\n",
+    )
+    assert errors_of(tmp_path, mongo) == [
+        "backend.timeseries.Measurement.granularity: Input should be 'seconds', 'minutes' or 'hours' (got 'weeks')"
+    ]
+    verify = pg.replace("  colour: red\n", "").replace("{mode: require}", "{mode: verify-full}")
+    assert errors_of(tmp_path, verify) == [
+        "backend.tls: mode verify-full needs ca_file (the CA that signed the server)"
     ]

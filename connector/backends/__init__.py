@@ -13,8 +13,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from connector.records import MappedObject
+
+if TYPE_CHECKING:
+    from connector.config import BackendConfig
+    from connector.schemas import ObjectTypes
 
 
 class Outcome(StrEnum):
@@ -34,6 +39,15 @@ class ObjectResult:
 
     outcome: Outcome
     reason: str | None = None
+
+
+def conflict(type_name: str, key: object, fields: list[str]) -> ObjectResult:
+    """The outcome for a different document under a stored ``_id`` (R9), in one wording."""
+    return ObjectResult(
+        Outcome.CONFLICT,
+        f"a different {type_name} is already stored under _id {str(key)!r} (fields differing: "
+        f"{', '.join(fields)}); first write wins, this one was not written",
+    )
 
 
 INSERTED = ObjectResult(Outcome.INSERTED)
@@ -62,12 +76,20 @@ class Backend(ABC):
         """Release connections."""
 
 
-def create_backend(config: object) -> Backend:
+def create_backend(config: BackendConfig, types: ObjectTypes) -> Backend:
     """Build the backend named by a backend config section."""
-    from connector.config import SqliteBackendConfig
+    from connector.config import MongoBackendConfig, PostgresBackendConfig, SqliteBackendConfig
 
     if isinstance(config, SqliteBackendConfig):
         from connector.backends.sqlite import SqliteBackend
 
         return SqliteBackend(config)
+    if isinstance(config, PostgresBackendConfig):
+        from connector.backends.postgres import PostgresBackend
+
+        return PostgresBackend(config, types)
+    if isinstance(config, MongoBackendConfig):
+        from connector.backends.mongodb import MongoBackend
+
+        return MongoBackend(config, types)
     raise ValueError(f"unsupported backend config {type(config).__name__}")

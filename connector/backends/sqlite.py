@@ -24,6 +24,7 @@ from connector.backends import (
     Backend,
     ObjectResult,
     Outcome,
+    conflict,
 )
 from connector.config import SqliteBackendConfig
 from connector.documents import canonical_json, differing_fields, storage_id
@@ -161,8 +162,4 @@ class SqliteBackend(Backend):
         if stored is not None and stored[0] == doc:
             return DUPLICATE
         fields = differing_fields(json.loads(stored[0]) if stored else {}, json.loads(doc))
-        return ObjectResult(
-            Outcome.CONFLICT,
-            f"a different {obj.object_type.name} is already stored under _id {key!r} "
-            f"(fields differing: {', '.join(fields)}); first write wins, this one was not written",
-        )
+        return conflict(obj.object_type.name, key, fields)

@@ -1,0 +1,246 @@
+"""End-to-end ingest throughput of each backend next to the consume+decode ceiling.
+
+    python bench/ingest.py [--records N] [--partitions P] [--skip mongodb,...]
+
+One run, all on this machine: starts the project's Kafka broker, Schema Registry,
+PostgreSQL and MongoDB-wire (FerretDB) servers, produces N Measurement records in the
+Confluent Avro wire format over P partitions, then runs the connector once per target,
+each time as a fresh process and a fresh consumer group reading all N records:
+
+  (a) ceiling   the connector's own pipeline (consume, decode, map, batch, ack, commit)
+                with a backend that acknowledges without writing
+  (b) sqlite    data-ingest run --until-caught-up into an SQLite file
+  (c) postgres  ... into PostgreSQL
+  (d) mongodb   ... into the MongoDB-wire server
+
+For each: records/s over the whole run and steady records/s (after the first record
+arrived, i.e. without process start and joining the group), from the connector's own
+summary; CPU seconds per million records and peak RSS of the connector process (wait4);
+and the steady rate's ratio to (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from connector.backends import INSERTED, Backend, ObjectResult  # noqa: E402
+from connector.config import load_config  # noqa: E402
+from connector.pipeline import Pipeline  # noqa: E402
+from connector.records import MappedObject  # noqa: E402
+from connector.schemas import load_object_types  # noqa: E402
+from connector.sources.confluent import ConfluentSource  # noqa: E402
+
+DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
+BATCHING = {"max_records": 5000, "max_wait_ms": 200, "max_in_flight_batches": 2}
+
+
+class AckingBackend(Backend):
+    """Acknowledges every object without writing it: the ceiling of the pipeline itself."""
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        return [INSERTED] * len(objects)
+
+    async def check(self) -> str:
+        return "acking backend"
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+def run_ceiling(config_path: str) -> int:
+    """Child process of (a): the real pipeline with the acking backend."""
+    config = load_config(config_path)
+    types = load_object_types(config.schemas.dir)
+    pipeline = Pipeline(
+        config, types, ConfluentSource(config.kafka), AckingBackend(), until_caught_up=True
+    )
+    summary = asyncio.run(pipeline.run())
+    print("\n".join(summary.lines()), flush=True)
+    return 0 if summary.error is None else 1
+
+
+def produce(bootstrap: str, topic: str, registry_url: str, count: int, partitions: int) -> None:
+    from confluent_kafka import Producer
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    types = load_object_types(ROOT / "avro")
+    target = types.get("Measurement")
+    client = SchemaRegistryClient({"url": registry_url})
+    schema_id = client.register_schema(f"{topic}-value", Schema(json.dumps(target.schema), "AVRO"))
+    header = b"\x00" + schema_id.to_bytes(4, "big")
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000, "acks": "all"}
+    )
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    parsed = target.parsed
+    for i in range(count):
+        body = io.BytesIO()
+        fastavro.schemaless_writer(
+            body,
+            parsed,
+            {
+                "_id": uuid.UUID(int=i + 1),
+                "sensor": f"sensor-{i % 500}",
+                "value": 20.0 + (i % 1000) / 100,
+                "timestamp": start + dt.timedelta(milliseconds=i),
+            },
+        )
+        while True:
+            try:
+                producer.produce(topic, header + body.getvalue(), partition=i % partitions)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0
+
+
+def measure(command: list[str], workdir: Path, name: str) -> dict[str, Any]:
+    """Run one connector process; its summary, and its own CPU time and peak RSS (wait4)."""
+    out_path, err_path = workdir / f"{name}.out", workdir / f"{name}.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{name} failed with status {code}: {err_path.read_text()[-2000:]}")
+    summary = {}
+    for line in out_path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        summary[key.strip()] = value.strip()
+    return {"summary": summary, "usage": usage}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--skip", default="", help="comma-separated targets to leave out")
+    parser.add_argument("--ceiling-child", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ceiling_child:
+        return run_ceiling(args.ceiling_child)
+
+    from integration.kafka_broker import DEFAULT_JVM_OPTS, KafkaBroker, create_topic
+    from integration.mongo_server import MongoWireServer
+    from integration.postgres_server import PostgresServer
+    from integration.schema_registry import SchemaRegistryServer
+
+    skip = {s for s in args.skip.split(",") if s}
+    jvm = [o for o in DEFAULT_JVM_OPTS if o != "-XX:TieredStopAtLevel=1"]  # full JIT for throughput
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    with (
+        KafkaBroker(jvm_opts=jvm) as broker,
+        SchemaRegistryServer() as registry,
+        PostgresServer() as postgres,
+        MongoWireServer() as mongo,
+    ):
+        topic = "bench-measurements"
+        create_topic(broker.bootstrap_servers, topic, args.partitions)
+        began = time.monotonic()
+        produce(broker.bootstrap_servers, topic, registry.url, args.records, args.partitions)
+        print(
+            f"produced {args.records:,} Avro Measurements over {args.partitions} partitions "
+            f"in {time.monotonic() - began:.1f} s",
+            flush=True,
+        )
+        targets: dict[str, dict[str, Any]] = {
+            "ceiling": {"type": "sqlite", "path": str(workdir / "unused.db")},
+            "sqlite": {"type": "sqlite", "path": str(workdir / "bench.db")},
+            "postgres": {"type": "postgres", "dsn": postgres.dsn, "schema": "bench"},
+            "mongodb": {
+                "type": "mongodb",
+                "uri": mongo.uri,
+                "database": "bench",
+                "decimals": "string",
+            },
+        }
+        results: dict[str, dict[str, Any]] = {}
+        for name, backend in targets.items():
+            if name in skip:
+                continue
+            path = workdir / f"{name}.yaml"
+            path.write_text(
+                yaml.safe_dump(
+                    {
+                        "kafka": {
+                            "bootstrap_servers": broker.bootstrap_servers,
+                            "group_id": f"bench-{name}-{uuid.uuid4().hex[:6]}",
+                        },
+                        "schemas": {"dir": str(ROOT / "avro")},
+                        "schema_registry": {"url": registry.url},
+                        "routes": [{"topic": topic, "type": "Measurement", "format": "avro"}],
+                        "backend": backend,
+                        "batching": BATCHING,
+                    }
+                )
+            )
+            if name == "ceiling":
+                command = [sys.executable, __file__, "--ceiling-child", str(path)]
+            else:
+                command = [
+                    DATA_INGEST,
+                    "--log-level",
+                    "WARNING",
+                    "run",
+                    "-c",
+                    str(path),
+                    "--until-caught-up",
+                ]
+            print(f"running {name} ...", flush=True)
+            results[name] = measure(command, workdir, name)
+    print()
+    print(
+        f"{args.records:,} Measurement records (Avro, {args.partitions} partitions), batches of "
+        f"{BATCHING['max_records']}, one connector process on {os.cpu_count()} cores"
+    )
+    header = (
+        f"{'target':<10} {'records/s':>10} {'steady/s':>10} {'CPU s / 1M':>11} "
+        f"{'peak RSS MB':>12} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    base = None
+    for name, result in results.items():
+        summary, usage = result["summary"], result["usage"]
+        records = int(summary["records"])
+        rate = float(summary["rate"].split()[0])
+        elapsed = float(summary["elapsed"].split()[0])
+        startup = float(summary["startup"].split()[0])
+        steady = records / (elapsed - startup)
+        cpu = (usage.ru_utime + usage.ru_stime) / max(records, 1) * 1_000_000
+        rss = usage.ru_maxrss / 1024
+        base = base or steady
+        print(
+            f"{name:<10} {rate:>10,.0f} {steady:>10,.0f} {cpu:>11.1f} {rss:>12.0f} "
+            f"{steady / base:>6.2f}"
+        )
+        if records != args.records:
+            print(f"  warning: {name} processed {records:,} records, expected {args.records:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The PostgreSQL backend (asyncpg): one table per object type, one transaction per batch.
+
+A batch is written per object type: its rows are COPYed into a temporary staging table,
+then
+
+* asymmetric types: ``INSERT ... SELECT ... ON CONFLICT (_id) DO NOTHING RETURNING _id``;
+  the staged rows that were not inserted are compared with the stored ones column by
+  column, which tells a duplicate (identical) from a conflict (never overwritten);
+* standard types: the last operation per ``_id`` of the batch is applied: an upsert that
+  never replaces a newer offset of the same partition, or a delete.
+
+Everything commits together, so a batch reported as ingested is durable. Connection
+failures, server restarts, serialization failures and a full disk raise ``RetryableError``;
+a value PostgreSQL refuses (e.g. a NUL character in text) makes that object ``rejected``
+after the batch is retried one object at a time, so one bad object never holds back the
+others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+from connector.backends import (
+    DELETED,
+    INSERTED,
+    UPSERTED,
+    Backend,
+    ObjectResult,
+    Outcome,
+    conflict,
+)
+from connector.backends.postgres_tables import (
+    COORDINATES,
+    ExistingColumn,
+    Table,
+    derive_table,
+    plan_changes,
+    quote,
+)
+from connector.config import PostgresBackendConfig, TlsConfig
+from connector.errors import FatalBackendError, RetryableError
+from connector.records import MappedObject
+from connector.schemas import ObjectType, ObjectTypes
+
+# SQLSTATE classes that a retry can cure: connection exceptions, insufficient resources
+# (disk full, too many connections), operator intervention (shutdown, restart),
+# transaction rollback (serialization failure, deadlock), system errors.
+RETRYABLE_CLASSES = {"08", "53", "57", "40", "58"}
+# Classes that belong to one row's data: the object is rejected, the others go on.
+DATA_CLASSES = {"22", "23"}
+
+
+def tls_setting(tls: TlsConfig | None) -> Any:
+    """asyncpg's ``ssl`` argument for a TLS section (None: libpq's default, prefer)."""
+    if tls is None:
+        return None
+    if tls.mode == "disable":
+        return False
+    if tls.ca_file is None and tls.cert_file is None:
+        return tls.mode
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.mode in ("prefer", "require", "verify-ca"):
+        context.check_hostname = False
+    if tls.mode in ("prefer", "require"):
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "")[:2] in RETRYABLE_CLASSES
+    return isinstance(
+        exc,
+        OSError | asyncio.TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError,
+    )
+
+
+def _data_error(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and str(getattr(exc, "sqlstate", "") or "")[:2] in DATA_CLASSES
+    )
+
+
+class _Statements:
+    """The SQL of one table, built once."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        names = [c.name for c in table.columns] + [name for name, _ in COORDINATES]
+        self.columns = names
+        cols = ", ".join(quote(n) for n in names)
+        target = table.qualified
+        self.stage = quote(f"stage_{table.name}"[:63])
+        self.create_stage = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} "
+            f"(LIKE {target} INCLUDING DEFAULTS, _seq integer NOT NULL) ON COMMIT DELETE ROWS"
+        )
+        self.insert = (
+            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {self.stage} ORDER BY _seq "
+            "ON CONFLICT (_id) DO NOTHING RETURNING _id::text"
+        )
+        data = [c.name for c in table.columns if c.name != "_id"]
+        differs = ", ".join(
+            f"CASE WHEN s.{quote(n)} IS DISTINCT FROM t.{quote(n)} THEN {_literal(n)} END"
+            for n in data
+        )
+        self.compare = (
+            f"SELECT s._seq, array_remove(ARRAY[{differs or 'NULL'}]::text[], NULL) AS differs "
+            f"FROM {self.stage} s JOIN {target} t USING (_id) WHERE s._seq <> ALL($1::integer[])"
+        )
+        updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names if n != "_id")
+        self.upsert = (
+            f"INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {self.stage} "
+            f"ON CONFLICT (_id) DO UPDATE SET {updates} WHERE NOT (t._topic = EXCLUDED._topic "
+            "AND t._partition = EXCLUDED._partition AND t._offset > EXCLUDED._offset)"
+        )
+        id_type = table.id_column.sql_type
+        self.delete = (
+            f"DELETE FROM {target} AS t USING (SELECT * FROM unnest($1::{id_type}[], "
+            "$2::text[], $3::integer[], $4::bigint[]) AS d(_id, _topic, _partition, _offset)) d "
+            "WHERE t._id = d._id AND NOT (t._topic = d._topic AND t._partition = d._partition "
+            "AND t._offset > d._offset)"
+        )
+        self.converters = [(c.name, c.convert) for c in table.columns]
+
+    async def stage_rows(
+        self, conn: asyncpg.Connection, objects: list[MappedObject]
+    ) -> list[tuple[Any, ...]]:
+        """COPY ``objects`` into the staging table (``_seq`` = position); returns the rows."""
+        rows = [self.row(obj, seq) for seq, obj in enumerate(objects)]
+        await conn.copy_records_to_table(
+            self.stage.strip('"'), records=rows, columns=[*self.columns, "_seq"]
+        )
+        return rows
+
+    def row(self, obj: MappedObject, seq: int) -> tuple[Any, ...]:
+        document = obj.document
+        values = [
+            convert(document.get(name)) if convert is not None else document.get(name)
+            for name, convert in self.converters
+        ]
+        record = obj.record
+        values += [record.topic, record.partition, record.offset, seq]
+        return tuple(values)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class PostgresBackend(Backend):
+    """Writes batches into PostgreSQL through a connection pool."""
+
+    def __init__(self, config: PostgresBackendConfig, types: ObjectTypes) -> None:
+        self._config = config
+        self._types = types
+        self._pool: asyncpg.Pool | None = None
+        self._statements: dict[str, _Statements] = {}
+        self._server = ""
+
+    # --- start-up ----------------------------------------------------------------------
+
+    async def _connect(self) -> asyncpg.Pool:
+        config = self._config
+        try:
+            pool = await asyncpg.create_pool(
+                config.dsn,
+                min_size=config.pool.min_size,
+                max_size=config.pool.max_size,
+                ssl=tls_setting(config.tls),
+                command_timeout=config.command_timeout_ms / 1000,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise FatalBackendError(
+                f"backend.dsn: cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
+            ) from exc
+        assert pool is not None
+        return pool
+
+    def _tables(self) -> list[Table]:
+        tables = []
+        for object_type in self._types:
+            try:
+                tables.append(derive_table(object_type, self._config.db_schema))
+            except ValueError as exc:
+                raise FatalBackendError(f"backend: {exc}") from exc
+        return tables
+
+    async def _plan(self, conn: asyncpg.Connection) -> tuple[list[str], list[str], list[str]]:
+        """(statements to run, problems, a summary line per table) for all object types."""
+        schema = self._config.db_schema
+        rows = await conn.fetch(
+            "SELECT c.relname AS table, a.attname AS column, "
+            "format_type(a.atttypid, a.atttypmod) AS type, NOT a.attnotnull AS nullable "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped",
+            schema,
+        )
+        existing: dict[str, dict[str, ExistingColumn]] = defaultdict(dict)
+        for row in rows:
+            existing[row["table"]][row["column"]] = ExistingColumn(row["type"], row["nullable"])
+        statements: list[str] = []
+        problems: list[str] = []
+        summary: list[str] = []
+        if not rows and not self._config.create_tables:
+            has_schema = await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema
+            )
+            if not has_schema:
+                problems.append(f"backend.schema: schema {schema} does not exist")
+        for table in self._tables():
+            current = existing.get(table.name)
+            if current is None:
+                if not self._config.create_tables:
+                    problems.append(
+                        f"table {schema}.{table.name} ({table.object_type.name}) does not exist "
+                        "and backend.create_tables is false; create it or set create_tables: true"
+                    )
+                statements += table.create_statements()
+                summary.append(f"{table.name}: to create")
+                continue
+            changes, found = plan_changes(table, current)
+            statements += changes
+            problems += found
+            added = [s for s in changes if "ADD COLUMN" in s]
+            summary.append(
+                f"{table.name}: " + (f"{len(added)} column(s) to add" if added else "OK")
+            )
+        return statements, problems, summary
+
+    async def open(self) -> None:
+        self._pool = await self._connect()
+        async with self._pool.acquire() as conn:
+            self._server = str(await conn.fetchval("SHOW server_version"))
+            async with conn.transaction():
+                # One start-up at a time per schema: replicas starting together must not
+                # race on CREATE/ALTER.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))",
+                    f"data-ingest:{self._config.db_schema}",
+                )
+                if self._config.create_tables:
+                    await conn.execute(
+                        f"CREATE SCHEMA IF NOT EXISTS {quote(self._config.db_schema)}"
+                    )
+                statements, problems, _ = await self._plan(conn)
+                if problems:
+                    raise FatalBackendError("\n".join(problems))
+                for statement in statements:
+                    await conn.execute(statement)
+        for table in self._tables():
+            self._statements[table.object_type.name] = _Statements(table)
+
+    async def check(self) -> str:
+        self._pool = await self._connect()
+        async with self._pool.acquire() as conn:
+            version = await conn.fetchval("SHOW server_version")
+            database = await conn.fetchval("SELECT current_database()")
+            _, problems, summary = await self._plan(conn)
+        if problems:
+            raise FatalBackendError("\n".join(problems))
+        return (
+            f"PostgreSQL {version}, database {database}, schema {self._config.db_schema}: "
+            + "; ".join(summary)
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    # --- ingest ------------------------------------------------------------------------
+
+    async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        if self._pool is None:
+            raise FatalBackendError("the PostgreSQL backend is not open")
+        try:
+            return await self._write(objects)
+        except Exception as exc:
+            if _retryable(exc):
+                raise RetryableError(
+                    f"PostgreSQL write failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            if not _data_error(exc):
+                raise FatalBackendError(
+                    f"PostgreSQL write failed: {type(exc).__name__}: {exc}"
+                ) from exc
+        # A value PostgreSQL refuses: write one object per transaction to find it.
+        results = []
+        for obj in objects:
+            try:
+                results += await self._write([obj])
+            except Exception as exc:
+                if _retryable(exc):
+                    raise RetryableError(f"PostgreSQL write failed: {exc}") from exc
+                if not _data_error(exc):
+                    raise FatalBackendError(f"PostgreSQL write failed: {exc}") from exc
+                results.append(ObjectResult(Outcome.REJECTED, f"PostgreSQL refused it: {exc}"))
+        return results
+
+    async def _write(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        assert self._pool is not None
+        results: list[ObjectResult | None] = [None] * len(objects)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, obj in enumerate(objects):
+            groups[obj.object_type.name].append(i)
+        async with self._pool.acquire() as conn, conn.transaction():
+            for name, indexes in groups.items():
+                statements = self._statements[name]
+                await conn.execute(statements.create_stage)
+                if statements.table.object_type.asymmetric:
+                    await self._insert(conn, statements, objects, indexes, results)
+                else:
+                    await self._apply_standard(conn, statements, objects, indexes, results)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    async def _insert(
+        self,
+        conn: asyncpg.Connection,
+        statements: _Statements,
+        objects: list[MappedObject],
+        indexes: list[int],
+        results: list[ObjectResult | None],
+    ) -> None:
+        rows = await statements.stage_rows(conn, [objects[i] for i in indexes])
+        inserted = {r[0] for r in await conn.fetch(statements.insert)}
+        claimed: set[str] = set()
+        winners: list[int] = []
+        for seq, i in enumerate(indexes):
+            key = str(rows[seq][0])
+            if key in inserted and key not in claimed:
+                claimed.add(key)
+                winners.append(seq)
+                results[i] = INSERTED
+        if len(winners) == len(indexes):
+            return
+        object_type: ObjectType = statements.table.object_type
+        for row in await conn.fetch(statements.compare, winners):
+            i = indexes[row["_seq"]]
+            differs = list(row["differs"])
+            if not differs:
+                results[i] = ObjectResult(Outcome.DUPLICATE)
+            else:
+                results[i] = conflict(object_type.name, rows[row["_seq"]][0], differs)
+
+    async def _apply_standard(
+        self,
+        conn: asyncpg.Connection,
+        statements: _Statements,
+        objects: list[MappedObject],
+        indexes: list[int],
+        results: list[ObjectResult | None],
+    ) -> None:
+        last: dict[str, int] = {}
+        for i in indexes:
+            last[str(objects[i].object_id)] = i  # later operations on an _id replace earlier
+            results[i] = DELETED if objects[i].tombstone else UPSERTED
+        upserts = [i for i in last.values() if not objects[i].tombstone]
+        deletes = [i for i in last.values() if objects[i].tombstone]
+        if upserts:
+            await statements.stage_rows(conn, [objects[i] for i in upserts])
+            await conn.execute(statements.upsert)
+        if deletes:
+            id_convert = statements.table.id_column.convert
+            ids = [objects[i].object_id for i in deletes]
+            await conn.execute(
+                statements.delete,
+                [id_convert(v) for v in ids] if id_convert else ids,
+                [objects[i].record.topic for i in deletes],
+                [objects[i].record.partition for i in deletes],
+                [objects[i].record.offset for i in deletes],
+            )
