@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 10.0
 CAUGHT_UP_CHECK_INTERVAL_S = 0.25
 PAUSE_AFTER_S = 5.0
+FETCH_SLICE = 500
 
 
 @dataclass(slots=True)
@@ -220,7 +221,9 @@ class Pipeline:
 
     async def _fetch_loop(self) -> None:
         poll_s = self._config.kafka.poll_timeout_ms / 1000
-        max_records = self._config.batching.max_records
+        # Decoding runs on the event loop; fetching in slices keeps it yielding often enough
+        # for the backend's round trips to proceed in parallel with decoding.
+        max_records = min(self._config.batching.max_records, FETCH_SLICE)
         last_check = 0.0
         waiting_since = time.monotonic()
         while not self._stop.is_set():

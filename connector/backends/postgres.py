@@ -19,6 +19,7 @@ others.
 from __future__ import annotations
 
 import asyncio
+import operator
 import ssl
 from collections import defaultdict
 from typing import Any
@@ -27,6 +28,7 @@ import asyncpg
 
 from connector.backends import (
     DELETED,
+    DUPLICATE,
     INSERTED,
     UPSERTED,
     Backend,
@@ -45,7 +47,7 @@ from connector.backends.postgres_tables import (
 from connector.config import PostgresBackendConfig, TlsConfig
 from connector.errors import FatalBackendError, RetryableError
 from connector.records import MappedObject
-from connector.schemas import ObjectType, ObjectTypes
+from connector.schemas import ObjectTypes
 
 # SQLSTATE classes that a retry can cure: connection exceptions, insufficient resources
 # (disk full, too many connections), operator intervention (shutdown, restart),
@@ -105,16 +107,19 @@ class _Statements:
         )
         self.insert = (
             f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {self.stage} ORDER BY _seq "
-            "ON CONFLICT (_id) DO NOTHING RETURNING _id::text"
+            "ON CONFLICT (_id) DO NOTHING"
         )
         data = [c.name for c in table.columns if c.name != "_id"]
         differs = ", ".join(
             f"CASE WHEN s.{quote(n)} IS DISTINCT FROM t.{quote(n)} THEN {_literal(n)} END"
             for n in data
         )
+        # Only when some rows were not inserted: which staged row wrote each stored row
+        # (written by this transaction: xmin) and which columns differ from it.
         self.compare = (
-            f"SELECT s._seq, array_remove(ARRAY[{differs or 'NULL'}]::text[], NULL) AS differs "
-            f"FROM {self.stage} s JOIN {target} t USING (_id) WHERE s._seq <> ALL($1::integer[])"
+            "SELECT s._seq, t.xmin = pg_current_xact_id()::xid AS mine, "
+            f"array_remove(ARRAY[{differs or 'NULL'}]::text[], NULL) AS differs "
+            f"FROM {self.stage} s JOIN {target} t USING (_id) ORDER BY s._seq"
         )
         updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names if n != "_id")
         self.upsert = (
@@ -129,7 +134,9 @@ class _Statements:
             "WHERE t._id = d._id AND NOT (t._topic = d._topic AND t._partition = d._partition "
             "AND t._offset > d._offset)"
         )
-        self.converters = [(c.name, c.convert) for c in table.columns]
+        self._names = [c.name for c in table.columns]
+        self._pick = operator.itemgetter(*self._names)
+        self._converted = [(i, c.convert) for i, c in enumerate(table.columns) if c.convert]
 
     async def stage_rows(
         self, conn: asyncpg.Connection, objects: list[MappedObject]
@@ -142,13 +149,17 @@ class _Statements:
         return rows
 
     def row(self, obj: MappedObject, seq: int) -> tuple[Any, ...]:
+        """The staging row of one object (the hot path: a C-level pick of every field)."""
         document = obj.document
-        values = [
-            convert(document.get(name)) if convert is not None else document.get(name)
-            for name, convert in self.converters
-        ]
+        try:
+            picked = self._pick(document)
+        except KeyError:  # a field absent from the document is NULL
+            picked = tuple(document.get(name) for name in self._names)
+        values = list(picked) if len(self._names) > 1 else [picked]
+        for i, convert in self._converted:
+            values[i] = convert(values[i])
         record = obj.record
-        values += [record.topic, record.partition, record.offset, seq]
+        values += (record.topic, record.partition, record.offset, seq)
         return tuple(values)
 
 
@@ -336,25 +347,23 @@ class PostgresBackend(Backend):
         results: list[ObjectResult | None],
     ) -> None:
         rows = await statements.stage_rows(conn, [objects[i] for i in indexes])
-        inserted = {r[0] for r in await conn.fetch(statements.insert)}
-        claimed: set[str] = set()
-        winners: list[int] = []
-        for seq, i in enumerate(indexes):
-            key = str(rows[seq][0])
-            if key in inserted and key not in claimed:
-                claimed.add(key)
-                winners.append(seq)
+        status = await conn.execute(statements.insert)
+        if int(status.split()[-1]) == len(rows):
+            for i in indexes:
                 results[i] = INSERTED
-        if len(winners) == len(indexes):
             return
-        object_type: ObjectType = statements.table.object_type
-        for row in await conn.fetch(statements.compare, winners):
-            i = indexes[row["_seq"]]
-            differs = list(row["differs"])
-            if not differs:
-                results[i] = ObjectResult(Outcome.DUPLICATE)
+        name = statements.table.object_type.name
+        claimed: set[str] = set()
+        for row in await conn.fetch(statements.compare):
+            seq = row["_seq"]
+            key = str(rows[seq][0])
+            if row["mine"] and key not in claimed:
+                claimed.add(key)
+                results[indexes[seq]] = INSERTED
+            elif row["differs"]:
+                results[indexes[seq]] = conflict(name, key, list(row["differs"]))
             else:
-                results[i] = conflict(object_type.name, rows[row["_seq"]][0], differs)
+                results[indexes[seq]] = DUPLICATE
 
     async def _apply_standard(
         self,
