@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from connector.errors import ConnectorError
 from connector.records import TopicPartition
 
 
@@ -78,9 +79,10 @@ class OffsetTracker:
             if state is None or state.epoch != epoch:
                 return False
             if state.last_fetched is not None and offset <= state.last_fetched:
-                raise ValueError(
-                    f"offset {offset} of {tp} fetched after {state.last_fetched}; "
-                    "offsets must be registered in increasing order"
+                raise ConnectorError(
+                    f"offset {offset} of {tp} was fetched after offset {state.last_fetched}: "
+                    "the partition went backwards (log truncated after a leader change?); "
+                    "stopping without committing past the last acknowledged record"
                 )
             state.last_fetched = offset
             state.pending.append(offset)

@@ -241,12 +241,14 @@ class Pipeline:
             for record in records:
                 tp = record.topic_partition
                 epoch = self._tracker.epoch(tp)
-                if epoch is None or not self._tracker.fetched(tp, epoch, record.offset):
+                if epoch is None:
                     continue  # fetched just before its partition was revoked
-                record.epoch = epoch
                 try:
+                    if not self._tracker.fetched(tp, epoch, record.offset):
+                        continue
+                    record.epoch = epoch
                     obj = self._mapper.map(record)
-                except RecordError as exc:
+                except ConnectorError as exc:  # a record error, or a partition going backwards
                     self._fail(exc)
                     return
                 batch = self._batcher.add(obj)

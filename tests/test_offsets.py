@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connector.errors import ConnectorError
 from connector.offsets import OffsetTracker
 from connector.records import TopicPartition
 
@@ -111,7 +112,7 @@ def test_offsets_must_increase() -> None:
     tracker = OffsetTracker()
     epoch = tracker.assign(TP)
     tracker.fetched(TP, epoch, 5)
-    with pytest.raises(ValueError, match="offset 5 of t\\[0\\] fetched after 5"):
+    with pytest.raises(ConnectorError, match=r"offset 5 of t\[0\] was fetched after offset 5"):
         tracker.fetched(TP, epoch, 5)
 
 

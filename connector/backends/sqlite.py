@@ -105,12 +105,12 @@ class SqliteBackend(Backend):
         conn = self._conn
         if conn is None:
             raise FatalBackendError("the SQLite backend is not open")
-        results: list[ObjectResult] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for obj in objects:
-                    results.append(self._write_one(conn, obj))
+                results = self._insert_all_new(conn, objects) or [
+                    self._write_one(conn, obj) for obj in objects
+                ]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -122,6 +122,43 @@ class SqliteBackend(Backend):
         except sqlite3.DatabaseError as exc:
             raise FatalBackendError(f"SQLite write failed: {exc}") from exc
         return results
+
+    def _insert_all_new(
+        self, conn: sqlite3.Connection, objects: list[MappedObject]
+    ) -> list[ObjectResult] | None:
+        """The common case in one statement per table: asymmetric objects, all of them new.
+
+        None (and nothing written) when the batch is anything else; the caller then writes
+        object by object, which tells every outcome apart.
+        """
+        rows: dict[str, list[tuple[object, ...]]] = {}
+        for obj in objects:
+            if obj.tombstone or not obj.object_type.asymmetric:
+                return None
+            try:
+                doc = canonical_json(obj.document)
+            except (TypeError, ValueError):
+                return None
+            record = obj.record
+            rows.setdefault(obj.object_type.collection, []).append(
+                (storage_id(obj.object_id), doc, record.topic, record.partition, record.offset)
+            )
+        conn.execute("SAVEPOINT all_new")
+        inserted = 0
+        for name, values in rows.items():
+            table = self._ensure_table(conn, name)
+            inserted += conn.executemany(
+                f"INSERT INTO {table} (_id, doc, _topic, _partition, _offset) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(_id) DO NOTHING",
+                values,
+            ).rowcount
+        if inserted != len(objects):
+            conn.execute("ROLLBACK TO all_new")
+            conn.execute("RELEASE all_new")
+            self._tables.clear()  # a table created under the savepoint is gone again
+            return None
+        conn.execute("RELEASE all_new")
+        return [INSERTED] * len(objects)
 
     def _write_one(self, conn: sqlite3.Connection, obj: MappedObject) -> ObjectResult:
         table = self._ensure_table(conn, obj.object_type.collection)
