@@ -30,11 +30,6 @@ class _PartitionState:
     last_fetched: int | None = None
 
 
-def _offset_after(state: _PartitionState) -> int:
-    assert state.last_fetched is not None
-    return state.last_fetched + 1
-
-
 class OffsetTracker:
     """Per-partition contiguous-ack tracking with assignment epochs.
 
@@ -96,13 +91,13 @@ class OffsetTracker:
                 return False
             state.acked.add(offset)
             pending = state.pending
-            advanced = False
+            head = None
             while pending and pending[0] in state.acked:
-                state.acked.discard(pending.popleft())
-                advanced = True
-            if advanced:
+                head = pending.popleft()
+                state.acked.discard(head)
+            if head is not None:
                 # The first un-acked fetched offset, or one past the last fetched one.
-                state.committable = pending[0] if pending else _offset_after(state)
+                state.committable = pending[0] if pending else head + 1
             return True
 
     def committable(self) -> dict[TopicPartition, int]:

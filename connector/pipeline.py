@@ -21,7 +21,9 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from connector.backends import Backend, ObjectResult, Outcome
 from connector.batching import Batch, Batcher
@@ -41,6 +43,13 @@ PAUSE_AFTER_S = 5.0
 FETCH_SLICE = 500
 
 
+T = TypeVar("T")
+
+
+class _Interrupted(Exception):
+    """A retry loop was told to give up (shutdown)."""
+
+
 @dataclass(slots=True)
 class RunSummary:
     """Counts of one run, printed by the CLI."""
@@ -55,7 +64,6 @@ class RunSummary:
     elapsed_s: float = 0.0
     startup_s: float | None = None  # until the first record arrived (joining the group, ...)
     error: str | None = None
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -115,7 +123,6 @@ class Pipeline:
         self._abandon = asyncio.Event()
         self._summary = RunSummary()
         self._error: ConnectorError | None = None
-        self._committed: dict[TopicPartition, int] = {}
         self._started = time.monotonic()
 
     # --- rebalance listener ------------------------------------------------------------
@@ -177,7 +184,6 @@ class Pipeline:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self._commit_now()
-            self._summary.committed = dict(self._committed)
             await self._source.close()
             await self._backend.close()
             self._summary.elapsed_s = time.monotonic() - started
@@ -280,21 +286,13 @@ class Pipeline:
 
     async def _prepare(self, records: list[SourceRecord]) -> bool:
         """Let the decoders fetch writer schemas, retrying while the registry is down."""
-        retry = self._config.retry
-        delay = retry.initial_backoff_ms / 1000
-        attempt = 0
-        while True:
-            try:
-                await self._mapper.prepare(records)
-                return True
-            except RetryableError as exc:
-                attempt += 1
-                log.warning("%s (attempt %d); retrying in %.1f s", exc, attempt, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
-                    return False
-                delay = min(retry.max_backoff_ms / 1000, delay * retry.multiplier)
+        try:
+            await self._retrying(
+                lambda: self._mapper.prepare(records), "writer schema fetch", self._stop
+            )
+        except _Interrupted:
+            return False
+        return True
 
     def _hand_over(self) -> None:
         while self._ready and not self._queue.full():
@@ -399,29 +397,42 @@ class Pipeline:
                 self._tracker.ack(record.topic_partition, record.epoch, record.offset)
 
     async def _ingest_with_retry(self, batch: Batch) -> list[ObjectResult]:
+        try:
+            return await self._retrying(
+                lambda: self._backend.ingest(batch.objects), "backend write", self._abandon
+            )
+        except _Interrupted:
+            raise ConnectorError(
+                "shutdown while the backend was unavailable; the batch was abandoned "
+                "and will be read again on the next start"
+            ) from None
+
+    async def _retrying(
+        self, call: Callable[[], Awaitable[T]], what: str, interrupt: asyncio.Event
+    ) -> T:
+        """``call()`` until it succeeds, with exponential backoff and jitter on
+        ``RetryableError``; raises ``_Interrupted`` once ``interrupt`` is set."""
         retry = self._config.retry
         delay = retry.initial_backoff_ms / 1000
         attempt = 0
         while True:
             try:
-                return await self._backend.ingest(batch.objects)
+                return await call()
             except RetryableError as exc:
                 attempt += 1
                 wait = random.uniform(delay / 2, delay)  # jitter spreads out reconnecting replicas
                 log.warning(
-                    "backend write failed (attempt %d): %s; retrying in %.1f s, "
+                    "%s failed (attempt %d): %s; retrying in %.1f s, "
                     "nothing is committed meanwhile",
+                    what,
                     attempt,
                     exc,
                     wait,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._abandon.wait(), wait)
-                if self._abandon.is_set():
-                    raise ConnectorError(
-                        "shutdown while the backend was unavailable; the batch was abandoned "
-                        "and will be read again on the next start"
-                    ) from exc
+                    await asyncio.wait_for(interrupt.wait(), wait)
+                if interrupt.is_set():
+                    raise _Interrupted from exc
                 delay = min(retry.max_backoff_ms / 1000, delay * retry.multiplier)
 
     # --- commit ------------------------------------------------------------------------
@@ -442,7 +453,6 @@ class Pipeline:
             log.warning("offset commit failed, will retry: %s", exc)
             return
         self._tracker.mark_committed(offsets)
-        self._committed.update(offsets)
         log.debug("committed %s", offsets)
 
     async def _progress_loop(self, started: float) -> None:

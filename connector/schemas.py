@@ -132,32 +132,38 @@ def read_declared(directory: str | Path) -> tuple[list[DeclaredType], list[Viola
     return declared, violations
 
 
-def check_directory(directory: str | Path, previous: str | Path | None = None) -> list[Violation]:
-    """All violations of the schema set in ``directory`` (optionally against ``previous``)."""
+def _check(
+    directory: str | Path, previous: str | Path | None
+) -> tuple[list[tuple[DeclaredType, dict[str, Any]]], list[Violation]]:
+    """The declared types with their fastavro-parsed schemas, and every violation."""
     declared, violations = read_declared(directory)
     before = read_declared(previous)[0] if previous is not None else None
     violations += check_types(declared, before)
     if violations:
-        return violations
+        return [], violations
+    parsed: list[tuple[DeclaredType, dict[str, Any]]] = []
     for t in declared:
         try:
-            fastavro.parse_schema(t.schema)
+            parsed.append((t, fastavro.parse_schema(t.schema)))
         except (SchemaParseException, UnknownType, ValueError, TypeError, KeyError) as exc:
             violations.append(
                 Violation(t.file, t.name, "", "schema", f"not valid Avro: {exc}", "fix the schema")
             )
-    return violations
+    return parsed, violations
+
+
+def check_directory(directory: str | Path, previous: str | Path | None = None) -> list[Violation]:
+    """All violations of the schema set in ``directory`` (optionally against ``previous``)."""
+    return _check(directory, previous)[1]
 
 
 def load_object_types(directory: str | Path) -> ObjectTypes:
     """Check and parse the object types of ``directory``; raises ``SchemaViolations``."""
-    violations = check_directory(directory)
+    checked, violations = _check(directory, None)
     if violations:
         raise SchemaViolations(violations)
-    declared, _ = read_declared(directory)
     types: list[ObjectType] = []
-    for d in declared:
-        parsed = fastavro.parse_schema(d.schema)
+    for d, parsed in checked:
         pk = next(f["type"] for f in d.schema["fields"] if f.get("name") == PRIMARY_KEY)
         types.append(
             ObjectType(

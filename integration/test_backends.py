@@ -51,6 +51,18 @@ def pipeline(
     return group, config
 
 
+def measurement_pipeline(
+    tmp_path: Path, bootstrap: str, backend: BackendUnderTest, partitions: int, **sections: Any
+) -> tuple[str, str, Path]:
+    """A new Measurement topic and a pipeline file routing it; (topic, group, config)."""
+    topic = unique("measurements")
+    create_topic(bootstrap, topic, partitions)
+    group, config = pipeline(
+        tmp_path, bootstrap, backend, [{"topic": topic, "type": "Measurement"}], **sections
+    )
+    return topic, group, config
+
+
 def origin(sent: dict[int, int], topic: str) -> dict[str, tuple[int, int]]:
     """_id -> (partition, offset) of every produced Measurement (one producer: offset = n)."""
     return {measurement_id(topic, p, n): (p, n) for p, count in sent.items() for n in range(count)}
@@ -82,13 +94,11 @@ def assert_not_ahead(
 def test_sigkill_mid_stream_leaves_exactly_one_copy(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
 ) -> None:
-    topic = unique("measurements")
-    create_topic(kafka_bootstrap, topic, PARTITIONS)
-    group, config = pipeline(
+    topic, group, config = measurement_pipeline(
         tmp_path,
         kafka_bootstrap,
         backend_under_test,
-        [{"topic": topic, "type": "Measurement"}],
+        PARTITIONS,
         batching={"max_records": 200, "max_wait_ms": 50},
     )
     rng = random.Random(4)
@@ -123,13 +133,11 @@ def test_sigkill_mid_stream_leaves_exactly_one_copy(
 def test_database_outage_is_survived_without_committing_ahead(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
 ) -> None:
-    topic = unique("measurements")
-    create_topic(kafka_bootstrap, topic, PARTITIONS)
-    group, config = pipeline(
+    topic, group, config = measurement_pipeline(
         tmp_path,
         kafka_bootstrap,
         backend_under_test,
-        [{"topic": topic, "type": "Measurement"}],
+        PARTITIONS,
         retry={"initial_backoff_ms": 200, "max_backoff_ms": 2000},
     )
     producer = BackgroundProducer(kafka_bootstrap, topic, PARTITIONS, rate_per_s=1500).start()
@@ -172,8 +180,7 @@ def test_database_outage_is_survived_without_committing_ahead(
 def test_conflict_is_reported_and_never_overwrites(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
 ) -> None:
-    topic = unique("measurements")
-    create_topic(kafka_bootstrap, topic, 1)
+    topic, _, config = measurement_pipeline(tmp_path, kafka_bootstrap, backend_under_test, 1)
     first = json.loads(measurement(topic, 0, 0))
     changed = {**first, "value": first["value"] + 1}
     produce(
@@ -184,9 +191,6 @@ def test_conflict_is_reported_and_never_overwrites(
             (0, json.dumps(first).encode()),
             (0, json.dumps(changed).encode()),
         ],
-    )
-    _, config = pipeline(
-        tmp_path, kafka_bootstrap, backend_under_test, [{"topic": topic, "type": "Measurement"}]
     )
     result = run_connector(config)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -207,13 +211,9 @@ def test_added_field_appears_and_earlier_objects_stay_intact(
 ) -> None:
     schemas = tmp_path / "avro"
     shutil.copytree(AVRO_DIR, schemas, ignore=shutil.ignore_patterns("*.md"))
-    topic = unique("measurements")
-    create_topic(kafka_bootstrap, topic, 1)
+    topic, _, config = measurement_pipeline(tmp_path, kafka_bootstrap, backend_under_test, 1)
     v1 = [json.loads(measurement(topic, 0, n)) for n in range(5)]
     produce(kafka_bootstrap, topic, [(0, json.dumps(m).encode()) for m in v1])
-    _, config = pipeline(
-        tmp_path, kafka_bootstrap, backend_under_test, [{"topic": topic, "type": "Measurement"}]
-    )
     config.write_text(config.read_text().replace(str(AVRO_DIR), str(schemas)))
     assert run_connector(config).returncode == 0
     before = backend_under_test.documents("Measurement")
