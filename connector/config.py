@@ -40,6 +40,7 @@ class KafkaConfig(_Section):
     """Where to consume from and as which consumer group."""
 
     bootstrap_servers: str = Field(min_length=1)
+    engine: Literal["confluent", "aiokafka"] = "confluent"
     group_id: str = Field(default="data-ingest", min_length=1)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
