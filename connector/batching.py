@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from connector.config import BatchingConfig
-from connector.records import MappedObject
+from connector.records import MappedObject, TopicPartition
 
 
 @dataclass(slots=True)
@@ -24,6 +24,13 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.objects)
+
+    def drop(self, partitions: set[TopicPartition]) -> None:
+        """Remove the objects of ``partitions`` (revoked: they must not be written)."""
+        kept = [o for o in self.objects if o.record.topic_partition not in partitions]
+        if len(kept) != len(self.objects):
+            self.objects = kept
+            self.size = sum(o.size for o in kept)
 
 
 class Batcher:
@@ -58,6 +65,10 @@ class Batcher:
         if not current.objects:
             return None
         return max(0.0, self._max_wait_s - (self._now() - current.opened_at))
+
+    def drop(self, partitions: set[TopicPartition]) -> None:
+        """Remove the objects of ``partitions`` from the open batch."""
+        self._current.drop(partitions)
 
     def take(self) -> Batch | None:
         """Close and return the open batch, None when it is empty."""

@@ -19,7 +19,7 @@ from connector.errors import ConfigError, ConnectorError
 from connector.mapping import bind_routes
 from connector.pipeline import Pipeline
 from connector.schemas import ObjectTypes, SchemaViolations, check_directory, load_object_types
-from connector.sources.confluent import ConfluentSource
+from connector.sources import create_source
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -142,7 +142,7 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
     pipeline = Pipeline(
         config,
         types,
-        ConfluentSource(config.kafka),
+        create_source(config.kafka),
         create_backend(config.backend, types),
         until_caught_up=args.until_caught_up,
         assignment_timeout_s=args.assignment_timeout,
@@ -175,7 +175,7 @@ async def _validate(
     config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace, source_name: str
 ) -> int:
     problems: list[str] = []
-    source = ConfluentSource(config.kafka)
+    source = create_source(config.kafka)
     try:
         topics = await asyncio.wait_for(source.check(args.timeout), args.timeout + 5)
         print(f"kafka: {config.kafka.bootstrap_servers} reachable, {len(topics)} topics")
@@ -194,7 +194,7 @@ async def _validate(
     except Exception as exc:
         problems.append(f"kafka: cannot reach {config.kafka.bootstrap_servers}: {exc}")
     finally:
-        await source.close()
+        await source.close(args.timeout)
     backend = create_backend(config.backend, types)
     try:
         print(f"backend: {await backend.check()}")

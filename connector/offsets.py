@@ -130,7 +130,3 @@ class OffsetTracker:
             if state is None or state.last_fetched is None:
                 return None
             return state.last_fetched + 1
-
-    def partitions(self) -> list[TopicPartition]:
-        with self._lock:
-            return list(self._parts)

@@ -11,6 +11,10 @@ Three tasks cooperate:
 
 Nothing is committed that the backend has not durably acknowledged, together with every
 earlier record of the same partition. Commits also happen on revoke and on shutdown.
+A revoked partition is fenced: its objects not yet in the backend are dropped, and the
+batch in the backend is waited for (bounded) before the commit on revoke. A failing record
+stops the run there: nothing queued behind it is written. Every shutdown step is bounded,
+so the whole shutdown ends within ``shutdown.timeout_ms`` whatever the group is doing.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ PROGRESS_INTERVAL_S = 10.0
 CAUGHT_UP_CHECK_INTERVAL_S = 0.25
 PAUSE_AFTER_S = 5.0
 FETCH_SLICE = 500
+CLOSE_RESERVE_S = 5.0  # of the shutdown timeout, kept for the final commit and leaving the group
+CLOSE_MIN_S = 1.0
 
 
 T = TypeVar("T")
@@ -48,6 +54,10 @@ T = TypeVar("T")
 
 class _Interrupted(Exception):
     """A retry loop was told to give up (shutdown)."""
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 @dataclass(slots=True)
@@ -110,22 +120,29 @@ class Pipeline:
         self._until_caught_up = until_caught_up
         self._assignment_timeout_s = assignment_timeout_s
         self._pause_after_s = pause_after_s
+        self._shutdown_s = config.shutdown.timeout_ms / 1000
         self._tracker = OffsetTracker()
         self._batcher = Batcher(config.batching)
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(
-            maxsize=config.batching.max_in_flight_batches
-        )
-        self._ready: deque[Batch] = deque()
+        self._max_ready = config.batching.max_in_flight_batches
+        self._ready: deque[Batch] = deque()  # closed batches waiting for the ingest task
+        self._writing: Batch | None = None  # the batch inside the backend right now
+        self._work = asyncio.Event()  # set when a batch is ready or the run ends
+        self._room = asyncio.Event()  # set whenever the ingest task takes a batch
+        self._written = asyncio.Event()  # set whenever the ingest task finishes a batch
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self._stop = asyncio.Event()
-        self._room = asyncio.Event()  # set whenever the ingest task takes a batch
         self._abandon = asyncio.Event()
         self._summary = RunSummary()
         self._error: ConnectorError | None = None
+        self._discard = False  # after a backend-side failure: write nothing more
+        self._closing = False  # set by the drain: the ingest task ends once nothing is ready
         self._started = time.monotonic()
 
     # --- rebalance listener ------------------------------------------------------------
+
+    def epoch(self, tp: TopicPartition) -> int | None:
+        return self._tracker.epoch(tp)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -133,7 +150,32 @@ class Pipeline:
             self._assigned.add(tp)
             self._paused.discard(tp)
 
-    def on_revoked(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    async def on_revoked(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Fence the revoked partitions: nothing of theirs is written after this returns.
+
+        Their batched and queued objects are dropped (the next owner reads them again), and
+        the batch inside the backend is waited for, bounded by ``shutdown.timeout_ms``, so
+        that its acks count before the commit. Past the bound its acks are ignored; its
+        writes are idempotent by ``_id``, so the next owner's copy becomes a duplicate.
+        """
+        revoked = set(partitions)
+        self._drop(revoked)
+        writing = self._writing
+        if writing is not None and any(
+            o.record.topic_partition in revoked for o in writing.objects
+        ):
+            deadline = time.monotonic() + self._shutdown_s
+            while self._writing is writing and time.monotonic() < deadline:
+                self._written.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._written.wait(), deadline - time.monotonic())
+            if self._writing is writing:
+                log.warning(
+                    "revoke: the batch in the backend did not finish within %.1f s; its "
+                    "records of %s are not committed and the next owner reads them again",
+                    self._shutdown_s,
+                    ", ".join(sorted(map(str, revoked))),
+                )
         offsets: dict[TopicPartition, int] = {}
         for tp in partitions:
             offset = self._tracker.revoke(tp)
@@ -144,10 +186,22 @@ class Pipeline:
         return offsets
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
+        self._drop(set(partitions))
         for tp in partitions:
             self._tracker.revoke(tp)
             self._assigned.discard(tp)
             self._paused.discard(tp)
+
+    def _drop(self, partitions: set[TopicPartition]) -> None:
+        """Remove the objects of ``partitions`` from every batch not yet in the backend."""
+        self._batcher.drop(partitions)
+        kept: deque[Batch] = deque()
+        for batch in self._ready:
+            batch.drop(partitions)
+            if batch.objects:
+                kept.append(batch)
+        self._ready = kept
+        self._room.set()
 
     # --- control -----------------------------------------------------------------------
 
@@ -155,21 +209,38 @@ class Pipeline:
         """Stop fetching; with ``abandon`` also give up the in-flight batch at once."""
         self._stop.set()
         self._room.set()
+        self._work.set()
         if abandon:
             self._abandon.set()
 
-    def _fail(self, error: ConnectorError) -> None:
+    def _fail(self, error: ConnectorError, *, discard: bool = False) -> None:
+        """Stop at ``error``. With ``discard`` (the error came from the backend, so whatever
+        is queued may lie past the failing record) nothing queued is written any more;
+        otherwise the objects batched before it are still written and committed."""
         if self._error is None:
             self._error = error
             log.error("%s", error)
-        self._stop.set()
+        if discard:
+            self._discard = True
+            self._ready.clear()
+        self.request_stop()
 
     # --- run ---------------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
         """Run until stopped, caught up (if asked) or failed; always commits what is acked."""
         started = self._started = time.monotonic()
-        await self._backend.open()
+        try:
+            await self._retrying(self._backend.open, "backend connection", self._stop)
+        except _Interrupted:
+            self._summary.elapsed_s = time.monotonic() - started
+            await self._bounded(self._backend.close(), self._shutdown_s, "closing the backend")
+            return self._summary
+        except ConnectorError as exc:
+            self._fail(exc)
+            self._summary.error = str(exc)
+            await self._bounded(self._backend.close(), self._shutdown_s, "closing the backend")
+            return self._summary
         subscriptions = [route.subscription for route in self._config.routes]
         await self._source.start(subscriptions, self)
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
@@ -177,51 +248,60 @@ class Pipeline:
         progress_task = asyncio.create_task(self._progress_loop(started), name="progress")
         try:
             await self._fetch_loop()
+        except ConnectorError as exc:
+            self._fail(exc)
         finally:
-            await self._drain(ingest_task)
+            deadline = time.monotonic() + self._shutdown_s
+            await self._drain(ingest_task, deadline)
             for task in (commit_task, progress_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self._commit_now()
-            await self._source.close()
-            await self._backend.close()
+            await self._bounded(self._commit_now(), _left(deadline), "the final commit")
+            await self._source.close(max(_left(deadline), CLOSE_MIN_S))
+            await self._bounded(self._backend.close(), CLOSE_MIN_S, "closing the backend")
             self._summary.elapsed_s = time.monotonic() - started
         if self._error is not None:
             self._summary.error = str(self._error)
         return self._summary
 
-    async def _drain(self, ingest_task: asyncio.Task[None]) -> None:
-        """Hand over what is batched, then let the ingest task finish within the timeout."""
-        if not self._abandon.is_set():
+    async def _drain(self, ingest_task: asyncio.Task[None], deadline: float) -> None:
+        """Let the ingest task write what is batched, within the shutdown timeout.
+
+        After a failure nothing more is written; on abandon the in-flight batch is given up.
+        Part of the timeout is kept for the commit and for leaving the group.
+        """
+        if not self._discard and not self._abandon.is_set():
             last = self._batcher.take()
             if last is not None:
                 self._ready.append(last)
-        timeout = self._config.shutdown.timeout_ms / 1000
-        deadline = time.monotonic() + timeout
-        with contextlib.suppress(TimeoutError):
-            while self._ready and not self._abandon.is_set():
-                await asyncio.wait_for(
-                    self._queue.put(self._ready.popleft()), max(0.0, deadline - time.monotonic())
-                )
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+        self._closing = True
+        self._work.set()
+        budget = max(0.0, deadline - time.monotonic() - min(CLOSE_RESERVE_S, self._shutdown_s / 3))
         abandon = asyncio.create_task(self._abandon.wait())
         done, _ = await asyncio.wait(
-            {ingest_task, abandon},
-            timeout=max(0.0, deadline - time.monotonic()),
-            return_when=asyncio.FIRST_COMPLETED,
+            {ingest_task, abandon}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
         )
         abandon.cancel()
         if ingest_task not in done:
             log.warning(
                 "shutdown: abandoning the in-flight batch after %.1f s; its records are not "
                 "committed and will be read again on the next start",
-                timeout,
+                budget,
             )
             ingest_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ingest_task
+
+    @staticmethod
+    async def _bounded(call: Awaitable[None], timeout_s: float, what: str) -> None:
+        """Await ``call`` for at most ``timeout_s`` (shutdown steps must not hang)."""
+        try:
+            await asyncio.wait_for(call, max(timeout_s, 0.1))
+        except TimeoutError:
+            log.warning("shutdown: %s did not finish within %.1f s", what, timeout_s)
+        except Exception as exc:
+            log.warning("shutdown: %s failed: %s", what, exc)
 
     # --- fetch -------------------------------------------------------------------------
 
@@ -233,8 +313,9 @@ class Pipeline:
         last_check = 0.0
         waiting_since = time.monotonic()
         while not self._stop.is_set():
-            self._hand_over()
             await self._apply_backpressure()
+            if self._stop.is_set():
+                return
             left = self._batcher.time_left()
             timeout = poll_s if left is None else min(poll_s, left)
             records = await self._source.fetch(max_records, timeout)
@@ -244,26 +325,26 @@ class Pipeline:
                 self._summary.startup_s = time.monotonic() - self._started
             if records and not await self._prepare(records):
                 return
+            tracker, batcher, ready = self._tracker, self._batcher, self._ready
             for record in records:
-                tp = record.topic_partition
-                epoch = self._tracker.epoch(tp)
-                if epoch is None:
-                    continue  # fetched just before its partition was revoked
                 try:
-                    if not self._tracker.fetched(tp, epoch, record.offset):
+                    # The epoch was stamped at fetch: a record of an earlier assignment is
+                    # dropped here even if its partition was assigned again meanwhile.
+                    if not tracker.fetched(record.topic_partition, record.epoch, record.offset):
                         continue
-                    record.epoch = epoch
                     obj = self._mapper.map(record)
                 except ConnectorError as exc:  # a record error, or a partition going backwards
                     self._fail(exc)
                     return
-                batch = self._batcher.add(obj)
+                batch = batcher.add(obj)
                 if batch is not None:
-                    self._ready.append(batch)
-            if self._batcher.due():
-                batch = self._batcher.take()
+                    ready.append(batch)
+            if batcher.due():
+                batch = batcher.take()
                 if batch is not None:
-                    self._ready.append(batch)
+                    ready.append(batch)
+            if ready:
+                self._work.set()
             if not self._until_caught_up or records:
                 continue
             now = time.monotonic()
@@ -292,11 +373,10 @@ class Pipeline:
             )
         except _Interrupted:
             return False
+        except ConnectorError as exc:
+            self._fail(exc)
+            return False
         return True
-
-    def _hand_over(self) -> None:
-        while self._ready and not self._queue.full():
-            self._queue.put_nowait(self._ready.popleft())
 
     async def _apply_backpressure(self) -> None:
         """Wait for the ingest task while closed batches queue up; pause if that takes long.
@@ -305,14 +385,11 @@ class Pipeline:
         wait costs nothing. Pausing discards that prefetched data, so it is kept for long
         stalls (a backend outage), where we must keep polling to stay in the group.
         """
-        if self._ready and not self._paused:
+        if len(self._ready) >= self._max_ready and not self._paused:
             self._room.clear()
-            self._hand_over()
-            if self._ready:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), self._pause_after_s)
-                self._hand_over()
-        if self._ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self._pause_after_s)
+        if len(self._ready) >= self._max_ready:
             newly = sorted(self._assigned - self._paused, key=str)
             if newly:
                 await self._source.pause(newly)
@@ -323,16 +400,22 @@ class Pipeline:
             await self._source.resume(paused)
 
     async def _caught_up(self) -> bool:
-        if self._ready or len(self._batcher) or self._tracker.in_flight():
+        """True when every assigned partition is ingested up to its end.
+
+        The consumer's position is compared with the high watermark: unlike "last fetched
+        offset + 1" it moves past transaction markers, which are never delivered.
+        """
+        if self._ready or len(self._batcher) or self._writing or self._tracker.in_flight():
             return False
         assigned = sorted(self._assigned, key=str)
         marks = await self._source.watermarks(assigned)
-        unknown = [tp for tp in assigned if self._tracker.position(tp) is None]
+        positions = await self._source.position(assigned)
+        unknown = [tp for tp in assigned if positions.get(tp) is None]
         committed = await self._source.committed(unknown)
         earliest = self._config.kafka.auto_offset_reset == "earliest"
         for tp in assigned:
             low, high = marks[tp]
-            position = self._tracker.position(tp)
+            position = positions.get(tp)
             if position is None:
                 stored = committed.get(tp)
                 position = stored if stored is not None else (low if earliest else high)
@@ -343,58 +426,77 @@ class Pipeline:
     # --- ingest ------------------------------------------------------------------------
 
     async def _ingest_loop(self) -> None:
+        """Write ready batches one at a time until the run ends and nothing is left."""
         while True:
-            batch = await self._queue.get()
+            if not self._ready:
+                if self._closing:
+                    return
+                self._work.clear()
+                await self._work.wait()
+                continue
+            batch = self._ready.popleft()
             self._room.set()
-            if batch is None:
-                return
+            self._writing = batch
             try:
                 results = await self._ingest_with_retry(batch)
+                if not self._acknowledge(batch, results):
+                    return
             except ConnectorError as exc:
-                self._fail(exc)
+                self._fail(exc, discard=True)
                 return
-            if len(results) != len(batch.objects):
+            finally:
+                self._writing = None
+                self._written.set()
+
+    def _acknowledge(self, batch: Batch, results: list[ObjectResult]) -> bool:
+        """Count the outcomes and ack each handled offset, stopping at the first record that
+        stops the run (a rejection, or a conflict with ``errors.conflict: stop``)."""
+        if len(results) != len(batch.objects):
+            self._fail(
+                ConnectorError(
+                    f"backend returned {len(results)} outcomes for {len(batch.objects)} objects"
+                ),
+                discard=True,
+            )
+            return False
+        summary = self._summary
+        stop_on_conflict = self._config.errors.conflict == "stop"
+        ack = self._tracker.ack
+        for obj, result in zip(batch.objects, results, strict=True):
+            record = obj.record
+            outcome = result.outcome
+            if outcome is Outcome.REJECTED:
+                summary.rejected += 1
                 self._fail(
-                    ConnectorError(
-                        f"backend returned {len(results)} outcomes for {len(batch.objects)} objects"
-                    )
+                    RecordError(
+                        RecordErrorKind.RULE_VIOLATION,
+                        record.coordinates,
+                        f"the backend rejected {obj.object_type.name} _id {obj.object_id!r}: "
+                        f"{result.reason}",
+                    ),
+                    discard=True,
                 )
-                return
-            summary = self._summary
-            stop_on_conflict = self._config.errors.conflict == "stop"
-            for obj, result in zip(batch.objects, results, strict=True):
-                record = obj.record
-                outcome = result.outcome
-                if outcome is Outcome.REJECTED:
-                    summary.rejected += 1
-                    self._fail(
-                        RecordError(
-                            RecordErrorKind.RULE_VIOLATION,
-                            record.coordinates,
-                            f"the backend rejected {obj.object_type.name} _id {obj.object_id!r}: "
-                            f"{result.reason}",
-                        )
-                    )
-                    continue
-                if outcome is Outcome.CONFLICT:
-                    summary.conflicts += 1
-                    conflict = RecordError(
-                        RecordErrorKind.CONFLICT, record.coordinates, str(result.reason)
-                    )
-                    if stop_on_conflict:
-                        self._fail(conflict)
-                        continue
-                    log.warning("%s", conflict)
-                elif outcome is Outcome.INSERTED:
-                    summary.inserted += 1
-                elif outcome is Outcome.DUPLICATE:
-                    summary.duplicates += 1
-                elif outcome is Outcome.UPSERTED:
-                    summary.upserted += 1
-                elif outcome is Outcome.DELETED:
-                    summary.deleted += 1
-                summary.records += 1
-                self._tracker.ack(record.topic_partition, record.epoch, record.offset)
+                return False
+            if outcome is Outcome.CONFLICT:
+                summary.conflicts += 1
+                conflict = RecordError(
+                    RecordErrorKind.CONFLICT, record.coordinates, str(result.reason)
+                )
+                if stop_on_conflict:
+                    self._fail(conflict, discard=True)
+                    return False
+                log.warning("%s", conflict)
+            elif outcome is Outcome.INSERTED:
+                summary.inserted += 1
+            elif outcome is Outcome.DUPLICATE:
+                summary.duplicates += 1
+            elif outcome is Outcome.UPSERTED:
+                summary.upserted += 1
+            elif outcome is Outcome.DELETED:
+                summary.deleted += 1
+            summary.records += 1
+            ack(record.topic_partition, record.epoch, record.offset)
+        return True
 
     async def _ingest_with_retry(self, batch: Batch) -> list[ObjectResult]:
         try:

@@ -36,6 +36,7 @@ class FakeSource(Source):
         self.pause_calls = 0
         self.listener: RebalanceListener | None = None
         self.closed = False
+        self.deleted: list[dict[TopicPartition, int]] = []
 
     async def start(self, subscriptions: list[str], listener: RebalanceListener) -> None:
         self.listener = listener
@@ -48,8 +49,12 @@ class FakeSource(Source):
                 continue
             while self.positions[tp] < len(log) and len(out) < max_records:
                 offset = self.positions[tp]
-                value = log[offset]
-                out.append(SourceRecord(tp.topic, tp.partition, offset, None, value))
+                epoch = self.listener.epoch(tp) if self.listener else None
+                if epoch is None:
+                    break
+                out.append(
+                    SourceRecord(tp.topic, tp.partition, offset, None, log[offset], None, epoch)
+                )
                 self.positions[tp] += 1
         if not out:
             await asyncio.sleep(min(timeout_s, 0.01))
@@ -65,8 +70,14 @@ class FakeSource(Source):
     async def resume(self, partitions: list[TopicPartition]) -> None:
         self.paused.difference_update(partitions)
 
-    async def assignment(self) -> list[TopicPartition]:
-        return list(self.logs)
+    async def position(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: self.positions[tp] for tp in partitions}
+
+    async def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
+        return {topic: {"cleanup.policy": "delete"} for topic in topics}
+
+    async def delete_records(self, offsets: dict[TopicPartition, int]) -> None:
+        self.deleted.append(dict(offsets))
 
     async def watermarks(
         self, partitions: list[TopicPartition]
@@ -79,9 +90,9 @@ class FakeSource(Source):
     async def check(self, timeout_s: float) -> list[str]:
         return sorted({tp.topic for tp in self.logs})
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float) -> None:
         if self.listener is not None and not self.closed:
-            offsets = self.listener.on_revoked(sorted(self.logs, key=str))
+            offsets = await self.listener.on_revoked(sorted(self.logs, key=str))
             if offsets:
                 self.commits.append(offsets)
         self.closed = True

@@ -1,18 +1,32 @@
-"""Source implemented with confluent-kafka (librdkafka) through its asyncio wrapper.
+"""Source implemented with confluent-kafka (librdkafka).
 
-``confluent_kafka.aio.AIOConsumer`` runs the blocking client calls on worker threads and
-runs rebalance callbacks as coroutines on our event loop; a commit made from inside
-``on_revoke`` is re-entrant and therefore lands before the partition is handed over.
+One daemon thread owns the librdkafka consumer and runs every call on it, one after
+another. Written by hand instead of using ``confluent_kafka.aio.AIOConsumer`` because that
+wrapper spreads calls over a thread pool and serialises them with a gate: a rebalance
+callback running inside ``consume()`` that commits needs a second worker, and when the
+periodic commit already holds it, both wait forever (issue 7, defect 1). With one thread,
+the commit made from inside a rebalance callback runs on the thread that is already inside
+``consume()``, which librdkafka allows, and no call can wait on another. The thread is a
+daemon so that a client stuck in ``close()`` (a group in the middle of a rebalance, an
+unreachable coordinator) never keeps the process alive past the shutdown timeout.
+
+Rebalance callbacks run on that thread; they hand over to the pipeline's listener on the
+event loop and wait for it, bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as CkTopicPartition
-from confluent_kafka.aio import AIOConsumer
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from connector.config import KafkaConfig
 from connector.errors import ConnectorError
@@ -20,6 +34,19 @@ from connector.records import SourceRecord, TopicPartition
 from connector.sources import RebalanceListener, Source
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S = 30.0
+"""Bound on one metadata, offsets or admin call to the broker."""
+
+LISTENER_GRACE_S = 5.0
+"""How long a rebalance callback waits for the pipeline to take an assignment or a loss."""
+
+REVOKE_WAIT_S = 300.0
+"""Safety net for the revoke callback: the pipeline bounds its own revoke by
+``shutdown.timeout_ms``; this only keeps a stuck event loop from holding the group forever
+(it equals librdkafka's default ``max.poll.interval.ms``)."""
 
 
 def consumer_settings(config: KafkaConfig) -> dict[str, Any]:
@@ -33,8 +60,34 @@ def consumer_settings(config: KafkaConfig) -> dict[str, Any]:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "partition.assignment.strategy": "cooperative-sticky",
+            "isolation.level": "read_committed",
         }
     )
+    return settings
+
+
+def admin_settings(config: KafkaConfig) -> dict[str, Any]:
+    """Settings for the admin client: connection and security, no consumer-only keys."""
+    settings = consumer_settings(config)
+    for key in (
+        "group.id",
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "partition.assignment.strategy",
+        "isolation.level",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "fetch.min.bytes",
+        "fetch.max.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "group.instance.id",
+    ):
+        settings.pop(key, None)
     return settings
 
 
@@ -42,149 +95,341 @@ def _tp(tp: CkTopicPartition) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
 
 
+def _ck(tps: list[TopicPartition]) -> list[CkTopicPartition]:
+    return [CkTopicPartition(t.topic, t.partition) for t in tps]
+
+
+def _ck_offsets(offsets: dict[TopicPartition, int]) -> list[CkTopicPartition]:
+    return [CkTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
+
+
+def _describe(tps: list[TopicPartition]) -> str:
+    return ", ".join(map(str, tps)) or "(none)"
+
+
+def _describe_offsets(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items(), key=lambda i: str(i[0])))
+
+
+class _ClientThread:
+    """Runs callables on one daemon thread, in order, and awaits them from the loop."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="kafka-consumer", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+    async def run(self, call: Callable[[], T], timeout_s: float | None = None) -> T:
+        """``call()`` on the thread; raises TimeoutError past ``timeout_s`` (the call goes on)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._calls.put((call, future))
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+
+    def stop(self) -> None:
+        """Let the thread end once the calls queued so far are done."""
+        self._calls.put(None)
+
+
 class ConfluentSource(Source):
     """A consumer-group member backed by librdkafka."""
 
     def __init__(self, config: KafkaConfig) -> None:
         self._config = config
-        self._consumer: AIOConsumer | None = None
+        self._consumer: Consumer | None = None
+        self._thread: _ClientThread | None = None
+        self._admin: AdminClient | None = None
         self._listener: RebalanceListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reassigned: set[TopicPartition] = set()  # assigned during the running consume()
 
-    def _client(self) -> AIOConsumer:
-        if self._consumer is None:
-            raise ConnectorError("the Kafka source is not started")
-        return self._consumer
+    # --- client lifecycle --------------------------------------------------------------
 
-    async def _open(self) -> AIOConsumer:
-        if self._consumer is None:
+    def _open(self) -> tuple[Consumer, _ClientThread]:
+        if self._consumer is None or self._thread is None:
             settings = consumer_settings(self._config)
             settings["error_cb"] = self._on_error
-            self._consumer = AIOConsumer(settings, max_workers=2)
-        return self._consumer
+            self._loop = asyncio.get_running_loop()
+            self._consumer = Consumer(settings)
+            self._thread = _ClientThread()
+        return self._consumer, self._thread
 
-    async def _on_error(self, error: KafkaError) -> None:
+    def _client(self) -> tuple[Consumer, _ClientThread]:
+        if self._consumer is None or self._thread is None:
+            raise ConnectorError("the Kafka source is not started")
+        return self._consumer, self._thread
+
+    def _on_error(self, error: KafkaError) -> None:
+        # Runs on the client thread; logging is thread-safe.
         if error.fatal():
             log.error("Kafka client fatal error: %s", error)
         else:
             log.warning("Kafka client: %s", error)
 
     async def start(self, subscriptions: list[str], listener: RebalanceListener) -> None:
-        consumer = await self._open()
+        consumer, thread = self._open()
         self._listener = listener
-        await consumer.subscribe(
-            subscriptions,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+        await thread.run(
+            lambda: consumer.subscribe(
+                subscriptions,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            ),
+            CALL_TIMEOUT_S,
         )
 
-    async def _on_assign(self, _consumer: AIOConsumer, partitions: list[CkTopicPartition]) -> None:
-        tps = [_tp(p) for p in partitions]
-        log.info("assigned: %s", ", ".join(map(str, tps)) or "(none)")
-        assert self._listener is not None
-        self._listener.on_assigned(tps)
+    async def close(self, timeout_s: float) -> None:
+        if self._consumer is None or self._thread is None:
+            return
+        consumer, thread = self._consumer, self._thread
+        self._consumer = self._thread = None
+        try:
+            await thread.run(consumer.close, max(0.1, timeout_s))
+        except TimeoutError:
+            log.warning(
+                "leaving the consumer group did not finish within %.1f s; abandoning the Kafka "
+                "client (the group reassigns its partitions after session.timeout.ms)",
+                timeout_s,
+            )
+        except KafkaException as exc:
+            log.warning("closing the Kafka consumer: %s", exc)
+        finally:
+            thread.stop()
 
-    async def _on_revoke(self, consumer: AIOConsumer, partitions: list[CkTopicPartition]) -> None:
+    # --- rebalance callbacks (on the client thread, inside consume() or close()) -------
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T | None:
+        """Run ``coro`` on the event loop and wait for it, bounded; None if it could not."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            return None
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop is shutting down
+            coro.close()
+            return None
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.warning("the pipeline did not answer a rebalance within %.1f s", timeout_s)
+            return None
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[CkTopicPartition]) -> None:
         tps = [_tp(p) for p in partitions]
-        log.info("revoked: %s", ", ".join(map(str, tps)) or "(none)")
+        log.info("assigned: %s", _describe(tps))
+        listener = self._listener
+        assert listener is not None
+
+        async def assign() -> None:
+            listener.on_assigned(tps)
+
+        self._on_loop(assign(), LISTENER_GRACE_S)
+        self._reassigned.update(tps)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[CkTopicPartition]) -> None:
+        tps = [_tp(p) for p in partitions]
+        log.info("revoked: %s", _describe(tps))
         assert self._listener is not None
-        offsets = self._listener.on_revoked(tps)
+        offsets = self._on_loop(self._listener.on_revoked(tps), REVOKE_WAIT_S)
         if not offsets:
             return
         try:
-            await consumer.commit(offsets=self._ck_offsets(offsets), asynchronous=False)
+            # Same thread as the consume() or close() that called us: librdkafka allows it.
+            consumer.commit(offsets=_ck_offsets(offsets), asynchronous=False)
             log.info("committed on revoke: %s", _describe_offsets(offsets))
         except KafkaException as exc:
-            # The records stay uncommitted and will be redelivered to the next owner; the
+            # The records stay uncommitted and are redelivered to the next owner; the
             # idempotent _id writes make that a duplicate, never a second copy.
             log.warning("commit on revoke failed (%s); records will be redelivered", exc)
 
-    async def _on_lost(self, _consumer: AIOConsumer, partitions: list[CkTopicPartition]) -> None:
+    def _on_lost(self, _consumer: Consumer, partitions: list[CkTopicPartition]) -> None:
         tps = [_tp(p) for p in partitions]
-        log.warning("partitions lost: %s", ", ".join(map(str, tps)))
-        assert self._listener is not None
-        self._listener.on_lost(tps)
+        log.warning("partitions lost: %s", _describe(tps))
+        listener = self._listener
+        assert listener is not None
 
-    @staticmethod
-    def _ck_offsets(offsets: dict[TopicPartition, int]) -> list[CkTopicPartition]:
-        return [CkTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
+        async def lose() -> None:
+            listener.on_lost(tps)
+
+        self._on_loop(lose(), LISTENER_GRACE_S)
+
+    # --- fetching ----------------------------------------------------------------------
 
     async def fetch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
-        messages = await self._client().consume(num_messages=max_records, timeout=timeout_s)
+        consumer, thread = self._client()
+        return await thread.run(lambda: self._consume(consumer, max_records, timeout_s))
+
+    def _consume(
+        self, consumer: Consumer, max_records: int, timeout_s: float
+    ) -> list[SourceRecord]:
+        """consume() and stamp each record with its epoch, both on the client thread, so no
+        rebalance can slip between them."""
+        self._reassigned.clear()
+        messages = consumer.consume(num_messages=max_records, timeout=timeout_s)
+        listener = self._listener
+        assert listener is not None
+        epochs: dict[TopicPartition, int | None] = {}
         records: list[SourceRecord] = []
         for msg in messages:
             error = msg.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if error.fatal():
-                    raise ConnectorError(f"Kafka consumer failed: {error}")
-                log.warning("Kafka consumer: %s", error)
+                self._message_error(error)
                 continue
-            ts_type, ts = msg.timestamp()
-            records.append(
-                SourceRecord(
-                    topic=msg.topic(),
-                    partition=msg.partition(),
-                    offset=msg.offset(),
-                    key=msg.key(),
-                    value=msg.value(),
-                    timestamp_ms=ts if ts_type != 0 else None,
-                )
-            )
+            tp = TopicPartition(msg.topic(), msg.partition())
+            if tp not in epochs:
+                epochs[tp] = listener.epoch(tp)
+            epoch = epochs[tp]
+            if epoch is None:
+                continue  # fetched before its partition was revoked in this very call
+            records.append(_record(msg, epoch))
+        if self._reassigned:
+            records = _after_reassignment(records, self._reassigned)
         return records
+
+    @staticmethod
+    def _message_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise ConnectorError(f"Kafka consumer failed: {error}")
+        log.warning("Kafka consumer: %s", error)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
             return
-        result = await self._client().commit(offsets=self._ck_offsets(offsets), asynchronous=False)
+        consumer, thread = self._client()
+        result = await thread.run(
+            lambda: consumer.commit(offsets=_ck_offsets(offsets), asynchronous=False),
+            CALL_TIMEOUT_S,
+        )
         failed = [tp for tp in result or [] if tp.error is not None]
         if failed:
             raise KafkaException(failed[0].error)
 
     async def pause(self, partitions: list[TopicPartition]) -> None:
         if partitions:
-            await self._client().pause([CkTopicPartition(t.topic, t.partition) for t in partitions])
+            consumer, thread = self._client()
+            await thread.run(lambda: consumer.pause(_ck(partitions)), CALL_TIMEOUT_S)
 
     async def resume(self, partitions: list[TopicPartition]) -> None:
         if partitions:
-            await self._client().resume(
-                [CkTopicPartition(t.topic, t.partition) for t in partitions]
-            )
+            consumer, thread = self._client()
+            await thread.run(lambda: consumer.resume(_ck(partitions)), CALL_TIMEOUT_S)
 
-    async def assignment(self) -> list[TopicPartition]:
-        return [_tp(p) for p in await self._client().assignment()]
+    # --- offsets -----------------------------------------------------------------------
+
+    async def position(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        if not partitions:
+            return {}
+        consumer, thread = self._client()
+        result = await thread.run(lambda: consumer.position(_ck(partitions)), CALL_TIMEOUT_S)
+        return {_tp(p): (p.offset if p.offset >= 0 else None) for p in result}
 
     async def watermarks(
         self, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, tuple[int, int]]:
-        consumer = self._client()
-        out: dict[TopicPartition, tuple[int, int]] = {}
-        for tp in partitions:
-            low, high = await consumer.get_watermark_offsets(
-                CkTopicPartition(tp.topic, tp.partition), timeout=10.0, cached=False
-            )
-            out[tp] = (low, high)
-        return out
+        consumer, thread = self._client()
+
+        def ask() -> dict[TopicPartition, tuple[int, int]]:
+            out: dict[TopicPartition, tuple[int, int]] = {}
+            for tp in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    CkTopicPartition(tp.topic, tp.partition), timeout=10.0, cached=False
+                )
+                out[tp] = (low, high)
+            return out
+
+        return await thread.run(ask, CALL_TIMEOUT_S + 10.0 * len(partitions))
 
     async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         if not partitions:
             return {}
-        result = await self._client().committed(
-            [CkTopicPartition(t.topic, t.partition) for t in partitions], timeout=10.0
+        consumer, thread = self._client()
+        result = await thread.run(
+            lambda: consumer.committed(_ck(partitions), timeout=10.0), CALL_TIMEOUT_S
         )
         return {_tp(p): (p.offset if p.offset >= 0 else None) for p in result}
 
+    # --- admin -------------------------------------------------------------------------
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(admin_settings(self._config))
+        return self._admin
+
+    async def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
+        if not topics:
+            return {}
+        futures = self._admin_client().describe_configs(
+            [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics],
+            request_timeout=CALL_TIMEOUT_S,
+        )
+        out: dict[str, dict[str, str]] = {}
+        for resource, future in futures.items():
+            entries = await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT_S)
+            out[resource.name] = {name: entry.value for name, entry in entries.items()}
+        return out
+
+    async def delete_records(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        futures = self._admin_client().delete_records(
+            _ck_offsets(offsets), request_timeout=CALL_TIMEOUT_S
+        )
+        for future in futures.values():
+            await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT_S)
+
     async def check(self, timeout_s: float) -> list[str]:
-        consumer = await self._open()
-        metadata = await consumer.list_topics(timeout=timeout_s)
+        consumer, thread = self._open()
+        metadata = await thread.run(lambda: consumer.list_topics(timeout=timeout_s), timeout_s + 5)
         return sorted(metadata.topics)
 
-    async def close(self) -> None:
-        if self._consumer is not None:
-            consumer, self._consumer = self._consumer, None
-            await consumer.close()
+
+def _record(msg: Message, epoch: int) -> SourceRecord:
+    ts_type, ts = msg.timestamp()
+    return SourceRecord(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        timestamp_ms=ts if ts_type != 0 else None,
+        epoch=epoch,
+    )
 
 
-def _describe_offsets(offsets: dict[TopicPartition, int]) -> str:
-    return ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items(), key=lambda i: str(i[0])))
+def _after_reassignment(
+    records: list[SourceRecord], reassigned: set[TopicPartition]
+) -> list[SourceRecord]:
+    """Drop the records of a partition that one consume() call fetched *before* the same
+    partition was revoked and assigned again within that call: the new assignment starts
+    over at the committed offset, so its records follow the last step back in offsets."""
+    start: dict[TopicPartition, int] = {}
+    last: dict[TopicPartition, int] = {}
+    for i, record in enumerate(records):
+        tp = record.topic_partition
+        if tp in reassigned:
+            if tp in last and record.offset <= last[tp]:
+                start[tp] = i
+            last[tp] = record.offset
+    if not start:
+        return records
+    return [
+        r
+        for i, r in enumerate(records)
+        if r.topic_partition not in start or i >= start[r.topic_partition]
+    ]
