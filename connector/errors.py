@@ -5,8 +5,11 @@ Three families, because each one reaches the user differently:
 * ``ConfigError``: the pipeline file is wrong; reported before anything is consumed, exit 2.
 * ``RecordError``: one Kafka record cannot be turned into an object; the message names the
   record's topic/partition/offset and the cause.
-* ``RetryableError``: the backend is temporarily unavailable; the pipeline backs off and
-  retries, committing nothing meanwhile.
+* ``RetryableError``: the backend or the schema registry is temporarily unavailable; the
+  pipeline backs off and retries, committing nothing meanwhile.
+
+Any other ``ConnectorError`` stops the run at once (e.g. the registry refuses our
+credentials): retrying cannot fix it.
 """
 
 from __future__ import annotations

@@ -173,10 +173,11 @@ class Mapper:
                 assert target is not None
                 decoder = RawAvroDecoder(target, route.writer_schema)
             else:
+                settings = config.schema_registry
+                assert settings is not None  # the config requires it for avro routes
                 if registry is None:
-                    assert config.schema_registry is not None
-                    registry = AsyncSchemaRegistryClient(config.schema_registry.client_settings())
-                decoder = ConfluentAvroDecoder(types, target, registry)
+                    registry = AsyncSchemaRegistryClient(settings.client_settings())
+                decoder = ConfluentAvroDecoder(types, target, registry, settings.url)
             self._bindings.append(_Binding(route, decoder, target, route.id))
 
     def _binding(self, record: SourceRecord) -> _Binding:

@@ -125,22 +125,86 @@ class _Checker:
 
     def run(self) -> list[Violation]:
         seen: dict[str, DeclaredType] = {}
+        unique: list[DeclaredType] = []  # the types whose name no earlier type has
         for t in self.types:
-            for key in {t.fullname, t.name}:
-                other = seen.get(key)
-                if other is not None and other is not t:
-                    self.report(
-                        t,
-                        "",
-                        "R7",
-                        f"type name {key} is also declared in {other.file}",
-                        "give every object type a unique name",
-                    )
-                seen.setdefault(key, t)
+            other = next((seen[k] for k in (t.fullname, t.name) if k in seen), None)
+            if other is None:
+                unique.append(t)
+            else:
+                key = t.fullname if other.fullname == t.fullname else t.name
+                self.report(
+                    t,
+                    "",
+                    "R7",
+                    f"type name {key} is also declared in {other.file}",
+                    "give every object type a unique name",
+                )
+            seen.setdefault(t.fullname, t)
+            seen.setdefault(t.name, t)
         self.by_name = seen
+        self.check_collections(unique)
         for t in self.types:
             self.check_type(t)
         return self.violations
+
+    def check_collections(self, types: list[DeclaredType]) -> None:
+        """R7: every object type writes into a table or collection of its own.
+
+        Names are compared without case, as SQLite compares table names. The violation goes
+        to the type that declares ``collection`` (where the fix belongs), else the later one.
+        """
+        claimed: dict[str, tuple[DeclaredType, str]] = {}
+        for t in types:
+            if t.kind not in KINDS:
+                continue  # reported as a missing objectType
+            collection = self.collection_of(t)
+            if collection is None:
+                continue
+            first = claimed.setdefault(collection.casefold(), (t, collection))
+            if first[0] is t:
+                continue
+            if "collection" not in t.schema and "collection" in first[0].schema:
+                self.report_shared_collection(first, (t, collection))
+            else:
+                self.report_shared_collection((t, collection), first)
+
+    def report_shared_collection(
+        self, culprit: tuple[DeclaredType, str], other: tuple[DeclaredType, str]
+    ) -> None:
+        """Report that ``culprit`` writes into the collection of ``other`` (type, collection)."""
+        t, collection = culprit
+        o, taken = other
+        explicit = "collection" in t.schema
+        mine = "" if explicit else " (its type name)"
+        theirs = "" if "collection" in o.schema else ", its type name"
+        case = "" if collection == taken else ", when case is ignored (as SQLite does)"
+        fix = (
+            f'change "collection" here, or remove it to use the type name {t.name}'
+            if explicit
+            else 'add "collection": "<a unique name>" here, or rename the type'
+        )
+        self.report(
+            t,
+            "",
+            "R7",
+            f"collection {collection}{mine} is also the collection of {o.name} ({o.file})"
+            f"{theirs}{case}; two object types cannot write into one table",
+            f"give every object type its own collection: {fix}",
+        )
+
+    def collection_of(self, t: DeclaredType) -> str | None:
+        """The table or collection ``t`` writes into; None (reported) if it is not a name."""
+        collection = t.schema.get("collection", t.name)
+        if isinstance(collection, str) and collection:
+            return collection
+        self.report(
+            t,
+            "",
+            "schema",
+            f'"collection" is {show(collection)}, not a name',
+            'write "collection": "<table or collection name>", or remove it to use the type name',
+        )
+        return None
 
     def check_type(self, t: DeclaredType) -> None:
         if t.kind not in KINDS:

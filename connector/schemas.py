@@ -9,6 +9,7 @@ formats and the mapping work from.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class ObjectTypes:
             self._by_name[t.name] = t
             self._by_name[t.fullname] = t
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ObjectType]:
         return iter(self._types)
 
     def __len__(self) -> int:
@@ -144,7 +145,9 @@ def _check(
     parsed: list[tuple[DeclaredType, dict[str, Any]]] = []
     for t in declared:
         try:
-            parsed.append((t, fastavro.parse_schema(t.schema)))
+            schema = fastavro.parse_schema(t.schema)
+            assert isinstance(schema, dict)  # a record parses to a dict
+            parsed.append((t, schema))
         except (SchemaParseException, UnknownType, ValueError, TypeError, KeyError) as exc:
             violations.append(
                 Violation(t.file, t.name, "", "schema", f"not valid Avro: {exc}", "fix the schema")
@@ -171,7 +174,7 @@ def load_object_types(directory: str | Path) -> ObjectTypes:
                 fullname=d.fullname,
                 kind=str(d.kind),
                 file=d.file,
-                collection=str(d.schema.get("collection") or d.name),
+                collection=str(d.schema.get("collection", d.name)),
                 id_type=ID_TYPES[normalise(pk, {})],
                 schema=d.schema,
                 parsed=parsed,

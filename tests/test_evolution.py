@@ -16,9 +16,9 @@ from confluent_kafka.schema_registry._async.mock_schema_registry_client import (
 )
 
 from connector.config import parse_config
-from connector.errors import RecordError
+from connector.errors import Coordinates, RecordError, RecordErrorKind
 from connector.formats.avro_format import SchemaMismatch, resolve
-from connector.mapping import Mapper
+from connector.mapping import Mapper, coordinates_id
 from connector.records import SourceRecord
 from connector.schemas import load_object_types
 
@@ -149,10 +149,19 @@ def test_incompatible_change_is_refused_naming_both_schemas_and_the_field(
     assert str(info.value) == message.format(file=target.file)
 
 
-def test_writer_without_id_gets_a_derived_id(types) -> None:  # type: ignore[no-untyped-def]
+def test_writer_without_id_gets_a_derived_id(types, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     w = writer(*[f for f in V1_FIELDS if f["name"] != "_id"])
-    resolved = resolve(w, "v1", types.get("Reading"))
-    assert resolved.derive_id
+    path = tmp_path / "writer-no-id.avsc"
+    path.write_text(json.dumps(w))
+    route = {"topic": "raw", "type": "Reading", "format": "avro-raw", "writer_schema": str(path)}
+    mapper = Mapper(config(types, [route]), types)
+    record = SourceRecord(
+        "raw", 2, 40, None, body(w, {k: v for k, v in V1_RECORD.items() if k != "_id"})
+    )
+    mapped = mapper.map(record)
+    derived = coordinates_id(Coordinates("raw", 2, 40), "string")
+    assert mapped.object_id == derived
+    assert mapped.document == {**V2_DOCUMENT, "_id": derived}
 
 
 def config(types, routes):  # type: ignore[no-untyped-def]
@@ -233,15 +242,18 @@ def test_wrong_framing_is_a_decode_error(types) -> None:  # type: ignore[no-unty
     )
 
 
-def test_unknown_schema_id_is_a_schema_mismatch(types) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_schema_id_is_a_decode_error_naming_the_record_and_the_id(types) -> None:  # type: ignore[no-untyped-def]
     registry = AsyncMockSchemaRegistryClient({"url": "mock://unknown"})
     mapper = Mapper(
         config(types, [{"topic": "t", "type": "Reading", "format": "avro"}]), types, registry
     )
-    record = SourceRecord("t", 0, 0, None, b"\x00\x00\x00\x01\x00" + b"\x02a")
+    record = SourceRecord("t", 0, 3, None, b"\x00\x00\x00\x01\x00" + b"\x02a")
     asyncio.run(mapper.prepare([record]))
     with pytest.raises(RecordError) as info:
         mapper.map(record)
-    assert str(info.value).startswith(
-        "schema-mismatch error at topic 't' partition 0 offset 0: schema id 256 is not in the schema registry"
+    assert info.value.kind is RecordErrorKind.DECODE
+    assert str(info.value) == (
+        "decode error at topic 't' partition 0 offset 3: schema id 256 is not in the schema "
+        "registry http://unused:8081: Schema Not Found; was the record written with another "
+        "registry?"
     )

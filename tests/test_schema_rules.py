@@ -117,6 +117,36 @@ def test_r7_unique_names() -> None:
     ]
 
 
+def test_r7_every_type_writes_into_its_own_collection() -> None:
+    # Gateway's collection "Device" is free: the type Device writes into "devices".
+    assert lines("r7_duplicate_collection") == [
+        "Alarm.avsc: Alarm: -: R7: collection Measurement is also the collection of Measurement "
+        "(Measurement.avsc), its type name; two object types cannot write into one table; fix: "
+        'give every object type its own collection: change "collection" here, or remove it to '
+        "use the type name Alarm",
+        "Receipt.avsc: Receipt: -: R7: collection invoices is also the collection of Invoice "
+        "(Invoice.avsc); two object types cannot write into one table; fix: give every object "
+        'type its own collection: change "collection" here, or remove it to use the type name '
+        "Receipt",
+        "Tag.avsc: Tag: -: R7: collection SENSOR is also the collection of Sensor (Sensor.avsc), "
+        "its type name, when case is ignored (as SQLite does); two object types cannot write "
+        "into one table; fix: give every object type its own collection: change "
+        '"collection" here, or remove it to use the type name Tag',
+        "ZoneUpper.avsc: ZONE: -: R7: collection ZONE (its type name) is also the collection of "
+        "Zone (Zone.avsc), its type name, when case is ignored (as SQLite does); two object "
+        "types cannot write into one table; fix: give every object type its own collection: "
+        'add "collection": "<a unique name>" here, or rename the type',
+    ]
+
+
+def test_collection_must_be_a_name() -> None:
+    fix = 'write "collection": "<table or collection name>", or remove it to use the type name'
+    assert lines("collection_not_a_name") == [
+        f'Note.avsc: Note: -: schema: "collection" is 5, not a name; fix: {fix}',
+        f'Tag.avsc: Tag: -: schema: "collection" is "", not a name; fix: {fix}',
+    ]
+
+
 def test_r7_kind_cannot_change_between_versions() -> None:
     assert lines("r7_kind_changed/current", "r7_kind_changed/previous") == [
         "Sensor.avsc: Sensor: -: R7: kind changed from standard (in r7_kind_changed/previous/"
@@ -141,7 +171,7 @@ def test_invalid_json() -> None:
 
 @pytest.mark.parametrize(
     ("case", "status", "count"),
-    [("r6_links", 1, 4), ("r1_bad_id_type", 1, 3)],
+    [("r6_links", 1, 4), ("r1_bad_id_type", 1, 3), ("r7_duplicate_collection", 1, 4)],
 )
 def test_cli_prints_all_violations_and_exits_1(case: str, status: int, count: int) -> None:
     result = subprocess.run(

@@ -5,6 +5,12 @@ specification: fastavro does the resolution while reading (defaults, promotions,
 Apache Avro's ``ReaderWriterCompatibilityChecker`` tells, once per writer schema and before
 any record of it is read, whether resolution can succeed and which field breaks it. When
 writer and reader are the same schema, fastavro reads without resolution (faster).
+
+Fetching a writer schema fails in three ways: the registry refuses our credentials (HTTP
+401/403) or is not a Schema Registry API at all (a 404 without a registry error code),
+which stops the run since no retry can fix it; the schema id is unknown (a record error of
+the records that carry it); anything else (5xx, refused connections, timeouts) is
+retryable.
 """
 
 from __future__ import annotations
@@ -12,16 +18,18 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import avro.schema
 import fastavro
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, SchemaRegistryError
 
-from connector.errors import RecordError, RecordErrorKind, RetryableError
+from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
 from connector.records import SourceRecord
 from connector.schemas import ObjectType, ObjectTypes
 
@@ -30,6 +38,7 @@ HEADER_SIZE = 5
 _HEADER = struct.Struct(">bI")  # magic byte, schema id
 _SIGNIFICANT = ("type", "name", "namespace", "fields", "items", "values", "symbols", "size")
 _LOGICAL = ("logicalType", "precision", "scale")
+_ACCESS_DENIED = {401: "authentication failed", 403: "access denied"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +48,33 @@ class Resolved:
     type: ObjectType
     writer: dict[str, Any]
     reader: dict[str, Any] | None  # None: writer and reader are the same schema
-    derive_id: bool  # the writer has no _id: the mapping derives it (R10)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Why records written with one writer schema id cannot be read."""
+
+    kind: RecordErrorKind
+    cause: str
 
 
 class SchemaMismatch(Exception):
     """A writer schema cannot be read as the declared type (message names both)."""
+
+
+def _parse(schema: dict[str, Any]) -> dict[str, Any]:
+    """fastavro's parsed form of a record schema (always a dict for a record)."""
+    return cast(dict[str, Any], fastavro.parse_schema(schema, named_schemas={}))
+
+
+def public_url(url: str) -> str:
+    """``url`` (or a comma-separated list of them) without any user:password part."""
+    parts = []
+    for one in url.split(","):
+        split = urlsplit(one.strip())
+        host = split.netloc.rpartition("@")[2]
+        parts.append(urlunsplit(split._replace(netloc=host)))
+    return ",".join(parts)
 
 
 def significant(node: Any) -> Any:
@@ -131,11 +162,12 @@ def resolve(writer_json: dict[str, Any], label: str, target: ObjectType) -> Reso
             "fields": [f for f in reader_json["fields"] if f["name"] != "_id"],
         }
     try:
-        writer = fastavro.parse_schema(writer_json, named_schemas={})
+        writer = _parse(writer_json)
     except Exception as exc:
         raise SchemaMismatch(f"{where} is not valid Avro: {exc}") from None
     try:
-        result = ReaderWriterCompatibilityChecker().get_compatibility(
+        checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
+        result = checker.get_compatibility(
             avro.schema.parse(json.dumps(reader_json)), avro.schema.parse(json.dumps(writer_json))
         )
     except Exception as exc:
@@ -146,12 +178,15 @@ def resolve(writer_json: dict[str, Any], label: str, target: ObjectType) -> Reso
             + _explain(reader_json, result.messages, result.locations)
         )
     if significant(writer_json) == significant(reader_json):
-        return Resolved(target, writer, None, derive_id)
-    reader = fastavro.parse_schema(reader_json, named_schemas={})
-    return Resolved(target, writer, reader, derive_id)
+        return Resolved(target, writer, None)
+    return Resolved(target, writer, _parse(reader_json))
 
 
-_read = fastavro.schemaless_reader
+# A record schema always reads as a dict; typed once here, not cast per record.
+_read = cast(
+    Callable[[IO[bytes], dict[str, Any], dict[str, Any] | None], dict[str, Any]],
+    fastavro.schemaless_reader,
+)
 
 
 def _body_error(resolved: Resolved, record: SourceRecord, exc: Exception) -> RecordError:
@@ -189,18 +224,24 @@ class RawAvroDecoder:
 class ConfluentAvroDecoder:
     """``avro``: magic byte 0, a 4-byte schema id, then the Avro body (Confluent framing).
 
-    Writer schemas are fetched from the Schema Registry once per id (``prepare``, async,
-    before records are decoded) and resolved onto the route's type, or onto the declared
-    type whose name the writer schema carries (``type_from: writer_schema``).
+    Writer schemas are fetched from the Schema Registry at ``registry_url`` once per id
+    (``prepare``, async, before records are decoded) and resolved onto the route's type, or
+    onto the declared type whose name the writer schema carries (``type_from:
+    writer_schema``).
     """
 
     def __init__(
-        self, types: ObjectTypes, target: ObjectType | None, registry: AsyncSchemaRegistryClient
+        self,
+        types: ObjectTypes,
+        target: ObjectType | None,
+        registry: AsyncSchemaRegistryClient,
+        registry_url: str,
     ) -> None:
         self._types = types
         self._target = target
         self._registry = registry
-        self._resolved: dict[int, Resolved | str] = {}
+        self._registry_url = public_url(registry_url)
+        self._resolved: dict[int, Resolved | Unreadable] = {}
 
     @staticmethod
     def schema_id(record: SourceRecord) -> int:
@@ -222,7 +263,11 @@ class ConfluentAvroDecoder:
         return int(schema_id)
 
     async def prepare(self, records: list[SourceRecord]) -> None:
-        """Fetch and resolve the writer schemas of ``records`` that are not known yet."""
+        """Fetch and resolve the writer schemas of ``records`` that are not known yet.
+
+        Raises ``RetryableError`` while the registry is unavailable, and a plain
+        ``ConnectorError`` when it refuses access or is not a Schema Registry API.
+        """
         for record in records:
             if record.value is None:
                 continue
@@ -233,36 +278,65 @@ class ConfluentAvroDecoder:
             if schema_id not in self._resolved:
                 self._resolved[schema_id] = await self._load(schema_id)
 
-    async def _load(self, schema_id: int) -> Resolved | str:
+    async def _load(self, schema_id: int) -> Resolved | Unreadable:
         try:
             schema = await self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if exc.http_status_code in (404, 422):
-                return f"schema id {schema_id} is not in the schema registry ({exc.error_message})"
-            if exc.http_status_code in (401, 403):
-                raise RetryableError(f"schema registry refused access: {exc}") from exc
-            raise RetryableError(f"schema registry error for schema id {schema_id}: {exc}") from exc
+            return self._registry_error(schema_id, exc)
         except Exception as exc:  # connection refused, timeout, TLS
             raise RetryableError(
-                f"schema registry unreachable: {type(exc).__name__}: {exc}"
+                f"schema registry {self._registry_url} unreachable: {type(exc).__name__}: {exc}"
             ) from exc
+        mismatch = RecordErrorKind.SCHEMA_MISMATCH
         if (schema.schema_type or "AVRO") != "AVRO":
-            return f"schema id {schema_id} is a {schema.schema_type} schema, not Avro"
+            return Unreadable(
+                mismatch, f"schema id {schema_id} is a {schema.schema_type} schema, not Avro"
+            )
         if schema.references:
-            return f"schema id {schema_id} uses schema references, which are not supported yet"
+            return Unreadable(
+                mismatch,
+                f"schema id {schema_id} uses schema references, which are not supported yet",
+            )
         try:
             writer_json = json.loads(schema.schema_str or "")
         except json.JSONDecodeError as exc:
-            return f"schema id {schema_id} is not valid JSON: {exc}"
+            return Unreadable(mismatch, f"schema id {schema_id} is not valid JSON: {exc}")
         if not isinstance(writer_json, dict):
-            return f"schema id {schema_id} is not an Avro record schema"
+            return Unreadable(mismatch, f"schema id {schema_id} is not an Avro record schema")
         target = self._target or self._type_of(writer_json)
         if isinstance(target, str):
-            return f"schema id {schema_id}: {target}"
+            return Unreadable(mismatch, f"schema id {schema_id}: {target}")
         try:
             return resolve(writer_json, f"schema id {schema_id}", target)
         except SchemaMismatch as exc:
-            return str(exc)
+            return Unreadable(mismatch, str(exc))
+
+    def _registry_error(self, schema_id: int, exc: SchemaRegistryError) -> Unreadable:
+        """An unknown schema id is a record error; raises when the fetch must stop or retry."""
+        status = exc.http_status_code
+        # The registry's own error body ({"error_code": 40403, "message": ...}), if it sent one.
+        code = exc.error_code if isinstance(exc.error_code, int) and exc.error_code > 0 else None
+        detail = f": {exc.error_message.rstrip('.')}" if code and exc.error_message else ""
+        where = f"schema registry {self._registry_url}"
+        if status in _ACCESS_DENIED:
+            raise ConnectorError(
+                f"{where} answered HTTP {status} ({_ACCESS_DENIED[status]}) when fetching "
+                f"schema id {schema_id}{detail}; check schema_registry.basic_auth_user_info / "
+                "the registry's ACLs"
+            ) from None
+        if status in (404, 422) and code is not None and code // 100 == status:
+            return Unreadable(  # 40403 schema not found, 422xx invalid schema id
+                RecordErrorKind.DECODE,
+                f"schema id {schema_id} is not in the {where}{detail}; was the record "
+                "written with another registry?",
+            )
+        if status == 404:
+            raise ConnectorError(
+                f"{where} answered HTTP 404 without a schema registry error code when fetching "
+                f"schema id {schema_id}; check schema_registry.url: it must be the "
+                "Confluent-compatible API (for Apicurio Registry it ends in /apis/ccompat/v7)"
+            ) from None
+        raise RetryableError(f"{where} failed to serve schema id {schema_id}: {exc}") from exc
 
     def _type_of(self, writer_json: dict[str, Any]) -> ObjectType | str:
         name = str(writer_json.get("name", ""))
@@ -277,13 +351,15 @@ class ConfluentAvroDecoder:
         return found
 
     def decode(self, record: SourceRecord) -> tuple[ObjectType, dict[str, Any]]:
+        """The record's object type and document; raises ``RecordError`` naming the cause."""
         # The hot path of the avro format: kept flat, since it runs once per record.
         resolved = self._resolved.get(self.schema_id(record))
-        if resolved.__class__ is not Resolved:
+        if type(resolved) is not Resolved:
             if resolved is None:
                 raise RetryableError(f"writer schema id {self.schema_id(record)} was not prepared")
-            raise RecordError(RecordErrorKind.SCHEMA_MISMATCH, record.coordinates, str(resolved))
-        assert isinstance(resolved, Resolved) and record.value is not None
+            assert isinstance(resolved, Unreadable)
+            raise RecordError(resolved.kind, record.coordinates, resolved.cause)
+        assert record.value is not None
         try:
             document = _read(
                 io.BytesIO(record.value[HEADER_SIZE:]), resolved.writer, resolved.reader
