@@ -36,6 +36,7 @@ from connector.errors import ConnectorError, RecordError, RecordErrorKind, Retry
 from connector.mapping import Mapper
 from connector.offsets import OffsetTracker
 from connector.records import SourceRecord, TopicPartition
+from connector.release import Releaser
 from connector.schemas import ObjectTypes
 from connector.sources import Source
 
@@ -122,6 +123,7 @@ class Pipeline:
         self._pause_after_s = pause_after_s
         self._shutdown_s = config.shutdown.timeout_ms / 1000
         self._tracker = OffsetTracker()
+        self._releaser = Releaser(config, source)
         self._batcher = Batcher(config.batching)
         self._max_ready = config.batching.max_in_flight_batches
         self._ready: deque[Batch] = deque()  # closed batches waiting for the ingest task
@@ -232,14 +234,14 @@ class Pipeline:
         started = self._started = time.monotonic()
         try:
             await self._retrying(self._backend.open, "backend connection", self._stop)
-        except _Interrupted:
+            await self._releaser.check()
+        except (_Interrupted, ConnectorError) as exc:
+            if isinstance(exc, ConnectorError):
+                self._fail(exc)
+                self._summary.error = str(exc)
+            await self._source.close(CLOSE_MIN_S)
+            await self._bounded(self._backend.close(), CLOSE_MIN_S, "closing the backend")
             self._summary.elapsed_s = time.monotonic() - started
-            await self._bounded(self._backend.close(), self._shutdown_s, "closing the backend")
-            return self._summary
-        except ConnectorError as exc:
-            self._fail(exc)
-            self._summary.error = str(exc)
-            await self._bounded(self._backend.close(), self._shutdown_s, "closing the backend")
             return self._summary
         subscriptions = [route.subscription for route in self._config.routes]
         await self._source.start(subscriptions, self)
@@ -257,7 +259,7 @@ class Pipeline:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self._bounded(self._commit_now(), _left(deadline), "the final commit")
+            await self._bounded(self._commit_now(final=True), _left(deadline), "the final commit")
             await self._source.close(max(_left(deadline), CLOSE_MIN_S))
             await self._bounded(self._backend.close(), CLOSE_MIN_S, "closing the backend")
             self._summary.elapsed_s = time.monotonic() - started
@@ -545,17 +547,19 @@ class Pipeline:
             await asyncio.sleep(interval)
             await self._commit_now()
 
-    async def _commit_now(self) -> None:
+    async def _commit_now(self, *, final: bool = False) -> None:
+        """Commit what is acked; then release it from the topic where routes ask for it."""
         offsets = self._tracker.committable()
-        if not offsets:
-            return
-        try:
-            await self._source.commit(offsets)
-        except Exception as exc:  # the next interval retries; uncommitted means redelivered
-            log.warning("offset commit failed, will retry: %s", exc)
-            return
-        self._tracker.mark_committed(offsets)
-        log.debug("committed %s", offsets)
+        if offsets:
+            try:
+                await self._source.commit(offsets)
+            except Exception as exc:  # the next interval retries; uncommitted = redelivered
+                log.warning("offset commit failed, will retry: %s", exc)
+                return
+            self._tracker.mark_committed(offsets)
+            log.debug("committed %s", offsets)
+        if self._releaser.enabled:
+            await self._releaser.committed(offsets, force=final)
 
     async def _progress_loop(self, started: float) -> None:
         while True:

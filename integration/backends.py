@@ -35,15 +35,22 @@ class BackendUnderTest(ABC):
 
     @abstractmethod
     def ids(self, collection: str) -> list[str]:
-        """Every stored ``_id`` of ``collection`` as text (repeated if stored twice)."""
+        """Every stored ``_id`` of ``collection`` as text (repeated if stored twice), as a
+        reader sees them: without tombstone markers."""
 
     @abstractmethod
     def documents(self, collection: str) -> dict[str, dict[str, Any]]:
-        """Every stored document by ``_id`` text, in canonical JSON form."""
+        """Every stored document by ``_id`` text, in canonical JSON form (no markers)."""
 
     def outage(self) -> Any:
         """A context manager during which the database server is down."""
         raise NotImplementedError(f"{self.name} is embedded: it has no server to stop")
+
+    def coordinates(self, collection: str) -> dict[str, tuple[str, int, int]] | None:
+        """(topic, partition, offset) of the write that stored each ``_id``; None when the
+        backend keeps no coordinates for this kind of object (MongoDB asymmetric objects
+        keep the Atlas Device Sync shape)."""
+        return None
 
 
 class SqliteUnderTest(BackendUnderTest):
@@ -59,18 +66,27 @@ class SqliteUnderTest(BackendUnderTest):
         if not self.path.exists():
             return []
         with sqlite3.connect(self.path, timeout=30) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (collection,)
-            ).fetchone()
-            if not exists:
-                return []
-            return conn.execute(f'SELECT _id, doc FROM "{collection}"').fetchall()
+            # Standard types: the reader view without tombstone markers.
+            for name in (f"{collection}_live", collection):
+                exists = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = ?", (name,)
+                ).fetchone()
+                if exists:
+                    return conn.execute(f'SELECT _id, doc FROM "{name}"').fetchall()
+            return []
 
     def ids(self, collection: str) -> list[str]:
         return [str(i) for i, _ in self._rows(collection)]
 
     def documents(self, collection: str) -> dict[str, dict[str, Any]]:
         return {str(i): json.loads(doc) for i, doc in self._rows(collection)}
+
+    def coordinates(self, collection: str) -> dict[str, tuple[str, int, int]] | None:
+        if not self.path.exists():
+            return {}
+        with sqlite3.connect(self.path, timeout=30) as conn:
+            rows = conn.execute(f'SELECT _id, _topic, _partition, _offset FROM "{collection}"')
+            return {str(i): (t, p, o) for i, t, p, o in rows.fetchall()}
 
 
 class PostgresUnderTest(BackendUnderTest):
@@ -100,12 +116,18 @@ class PostgresUnderTest(BackendUnderTest):
 
         return asyncio.run(run())
 
+    def _readable(self, collection: str) -> str:
+        """The reader view of a standard type (no tombstone markers), else the table."""
+        view = f'"{self.schema}"."{collection}_live"'
+        found = self._fetch(f"SELECT to_regclass('{view}') IS NOT NULL AS found")
+        return view if found[0]["found"] else f'"{self.schema}"."{collection}"'
+
     def ids(self, collection: str) -> list[str]:
-        rows = self._fetch(f'SELECT _id::text AS id FROM "{self.schema}"."{collection}"')
+        rows = self._fetch(f"SELECT _id::text AS id FROM {self._readable(collection)}")
         return [r["id"] for r in rows]
 
     def documents(self, collection: str) -> dict[str, dict[str, Any]]:
-        rows = self._fetch(f'SELECT * FROM "{self.schema}"."{collection}"')
+        rows = self._fetch(f"SELECT * FROM {self._readable(collection)}")
         out = {}
         for row in rows:
             doc = {k: v for k, v in dict(row).items() if not k.startswith("_") or k == "_id"}
@@ -114,6 +136,11 @@ class PostgresUnderTest(BackendUnderTest):
 
     def outage(self) -> Any:
         return self.server.outage()
+
+    def coordinates(self, collection: str) -> dict[str, tuple[str, int, int]] | None:
+        table = f'"{self.schema}"."{collection}"'
+        rows = self._fetch(f"SELECT _id::text AS id, _topic, _partition, _offset FROM {table}")
+        return {r["id"]: (r["_topic"], r["_partition"], r["_offset"]) for r in rows}
 
 
 class MongoUnderTest(BackendUnderTest):
@@ -153,7 +180,8 @@ class MongoUnderTest(BackendUnderTest):
             serverSelectionTimeoutMS=10_000,
         )
         try:
-            return list(client[self.database][collection].find())
+            # Readers skip the tombstone markers of standard objects.
+            return list(client[self.database][collection].find({"_deleted": {"$ne": True}}))
         finally:
             client.close()
 

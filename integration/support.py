@@ -91,8 +91,16 @@ def measurement(topic: str, partition: int, i: int) -> bytes:
 class BackgroundProducer:
     """Keeps producing Measurements round-robin over partitions until stopped."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, rate_per_s: int) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partitions: int,
+        rate_per_s: int,
+        value: Callable[[str, int, int], bytes] = measurement,
+    ) -> None:
         self.topic = topic
+        self.value = value
         self.partitions = partitions
         self.rate = rate_per_s
         self.sent: dict[int, int] = dict.fromkeys(range(partitions), 0)
@@ -110,7 +118,7 @@ class BackgroundProducer:
                 n = self.sent[partition]
                 self._producer.produce(
                     self.topic,
-                    value=measurement(self.topic, partition, n),
+                    value=self.value(self.topic, partition, n),
                     partition=partition,
                     on_delivery=self._delivered,
                 )
@@ -127,6 +135,10 @@ class BackgroundProducer:
         self._thread.start()
         return self
 
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
     def stop(self) -> dict[int, int]:
         """Stop, flush, and return how many records were produced per partition."""
         self._stop.set()
@@ -142,12 +154,15 @@ def write_config(
     group: str,
     routes: list[dict[str, Any]],
     backend: dict[str, Any],
+    *,
+    engine: str = "confluent",
     **sections: Any,
 ) -> Path:
     """A pipeline file with settings suited to tests (fast commits, short sessions)."""
     config: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": bootstrap,
+            "engine": engine,
             "group_id": group,
             "properties": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
         },

@@ -12,6 +12,7 @@ import asyncio
 import time
 
 from connector.backends import ObjectResult, Outcome
+from connector.config import RouteConfig
 from connector.records import MappedObject, SourceRecord, TopicPartition
 from tests.fakes import FakeBackend, FakeSource, measurement
 from tests.test_pipeline import P0, P1, Pipeline, config, logs
@@ -151,3 +152,40 @@ async def test_a_fatal_error_exits_at_once_while_waiting_for_room() -> None:
     )
     assert summary.error is not None
     assert time.monotonic() - started < 5, "the run lingered after a fatal error"
+
+
+async def test_release_deletes_only_what_was_committed() -> None:
+    source = FakeSource(logs(30))
+    routes = [{"topic": "m", "type": "Measurement", "release": "delete"}]
+    cfg = config(release={"interval_ms": 100})
+    cfg = cfg.model_copy(update={"routes": config_routes(routes)})
+    summary = await Pipeline(cfg, source, FakeBackend(), until_caught_up=True).run()
+    assert summary.error is None
+    released: dict[TopicPartition, int] = {}
+    for deleted in source.deleted:
+        for tp, offset in deleted.items():
+            assert offset <= (source.last_commit(tp) or 0)
+            released[tp] = offset
+    assert released == {tp: 30 for tp in source.logs}
+
+
+async def test_release_is_refused_on_a_compacted_topic() -> None:
+    class Compacted(FakeSource):
+        async def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
+            return {t: {"cleanup.policy": "compact,delete"} for t in topics}
+
+    source = Compacted(logs(3))
+    backend = FakeBackend()
+    routes = [{"topic": "m", "type": "Measurement", "release": "delete"}]
+    cfg = config().model_copy(update={"routes": config_routes(routes)})
+    summary = await Pipeline(cfg, source, backend, until_caught_up=True).run()
+    assert summary.error == (
+        "routes: release: delete on topic 'm', whose cleanup.policy is 'compact,delete': "
+        "deleting records would remove the latest value of keys that compaction keeps; "
+        "use release: keep for this route"
+    )
+    assert backend.calls == 0 and source.commits == [] and source.deleted == []
+
+
+def config_routes(routes: list[dict[str, object]]) -> list[RouteConfig]:
+    return [RouteConfig.model_validate(r) for r in routes]
