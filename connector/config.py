@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from connector.errors import ConfigError
 
@@ -26,7 +35,44 @@ MANAGED_KAFKA_PROPERTIES = {
     "auto.offset.reset": "set it with kafka.auto_offset_reset",
     "enable.auto.commit": "offsets are committed by the connector only after the backend acks",
     "enable.auto.offset.store": "offsets are stored by the connector only after the backend acks",
-    "partition.assignment.strategy": "the connector uses cooperative-sticky assignment",
+    "partition.assignment.strategy": (
+        "the connector sets it: cooperative-sticky with engine confluent, round-robin with "
+        "engine aiokafka"
+    ),
+}
+
+# Client properties that ``kafka.security`` covers, and the key there that covers each. Given in
+# both places they would contradict each other, so that is refused.
+SECURITY_KAFKA_PROPERTIES = {
+    "security.protocol": "security.protocol",
+    "sasl.mechanism": "security.sasl.mechanism",
+    "sasl.mechanisms": "security.sasl.mechanism",
+    "sasl.username": "security.sasl.username",
+    "sasl.password": "security.sasl.password",
+    "ssl.ca.location": "security.tls.ca_file",
+    "ssl.certificate.location": "security.tls.cert_file",
+    "ssl.key.location": "security.tls.key_file",
+    "ssl.key.password": "security.tls.key_password",
+    "ssl.endpoint.identification.algorithm": "security.tls.check_hostname",
+}
+
+# The librdkafka properties that engine aiokafka translates, with the AIOKafkaConsumer keyword
+# and value type of each. aiokafka would silently ignore any other property, so others are
+# refused for that engine.
+AIOKAFKA_PROPERTIES: dict[str, tuple[str, type[int] | type[str] | type[bool]]] = {
+    "client.id": ("client_id", str),
+    "client.rack": ("client_rack", str),
+    "session.timeout.ms": ("session_timeout_ms", int),
+    "heartbeat.interval.ms": ("heartbeat_interval_ms", int),
+    "max.poll.interval.ms": ("max_poll_interval_ms", int),
+    "fetch.min.bytes": ("fetch_min_bytes", int),
+    "fetch.max.bytes": ("fetch_max_bytes", int),
+    "fetch.wait.max.ms": ("fetch_max_wait_ms", int),
+    "max.partition.fetch.bytes": ("max_partition_fetch_bytes", int),
+    "metadata.max.age.ms": ("metadata_max_age_ms", int),
+    "retry.backoff.ms": ("retry_backoff_ms", int),
+    "connections.max.idle.ms": ("connections_max_idle_ms", int),
+    "check.crcs": ("check_crcs", bool),
 }
 
 
@@ -36,28 +82,161 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _secret_text(value: Any) -> Any:
+    """Refuse a secret that YAML read as a number or boolean, without echoing it."""
+    if value is None or isinstance(value, str | SecretStr):
+        return value
+    raise ValueError(
+        "must be a string; quote it in YAML so that it is not read as a number or boolean"
+    )
+
+
+class SaslConfig(_Section):
+    """SASL credentials. The password is a SecretStr: never shown in reprs or errors."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+    _text = field_validator("password", mode="before")(_secret_text)
+
+
+class KafkaTlsConfig(_Section):
+    """TLS to the brokers: the CA to trust and, for mutual TLS, a client certificate."""
+
+    ca_file: str | None = Field(default=None, min_length=1)
+    cert_file: str | None = Field(default=None, min_length=1)
+    key_file: str | None = Field(default=None, min_length=1)
+    key_password: SecretStr | None = None
+    check_hostname: bool = True
+
+    _text = field_validator("key_password", mode="before")(_secret_text)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> KafkaTlsConfig:
+        if self.cert_file is not None and self.key_file is None:
+            raise ValueError(
+                "cert_file needs key_file (the private key of the client certificate); "
+                "add key_file or remove cert_file"
+            )
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError(
+                "key_file needs cert_file (the client certificate); "
+                "add cert_file or remove key_file"
+            )
+        if self.key_password is not None and self.key_file is None:
+            raise ValueError(
+                "key_password needs key_file (it decrypts that key); "
+                "add key_file or remove key_password"
+            )
+        return self
+
+
+class SecurityConfig(_Section):
+    """How the engines connect to the brokers: one section, translated for each engine."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl: SaslConfig | None = None
+    tls: KafkaTlsConfig | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecurityConfig:
+        if self.uses_sasl and self.sasl is None:
+            without = "SSL" if self.uses_tls else "PLAINTEXT"
+            raise ValueError(
+                f"protocol {self.protocol} needs sasl (mechanism, username, password); "
+                f"add a sasl section, or use protocol {without} for a listener without SASL"
+            )
+        if self.sasl is not None and not self.uses_sasl:
+            with_sasl = "SASL_SSL" if self.uses_tls else "SASL_SSL (or SASL_PLAINTEXT)"
+            raise ValueError(
+                f"sasl is set but protocol {self.protocol} sends no credentials; "
+                f"use protocol {with_sasl} or remove sasl"
+            )
+        if self.tls is not None and not self.uses_tls:
+            with_tls = "SASL_SSL" if self.uses_sasl else "SSL"
+            raise ValueError(
+                f"tls is set but protocol {self.protocol} does not use TLS; "
+                f"use protocol {with_tls} or remove tls"
+            )
+        return self
+
+
 class KafkaConfig(_Section):
-    """Where to consume from and as which consumer group."""
+    """Where to consume from, with which engine, and as which consumer group.
+
+    ``security`` applies to both engines. ``properties`` are passed through to librdkafka for
+    engine confluent; engine aiokafka translates the few listed in ``AIOKAFKA_PROPERTIES`` and
+    refuses the others, which it would otherwise silently ignore.
+    """
 
     bootstrap_servers: str = Field(min_length=1)
     engine: Literal["confluent", "aiokafka"] = "confluent"
     group_id: str = Field(default="data-ingest", min_length=1)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("properties")
     @classmethod
     def _not_managed(
-        cls, value: dict[str, str | int | float | bool]
+        cls, value: dict[str, str | int | float | bool], info: ValidationInfo
     ) -> dict[str, str | int | float | bool]:
-        for key in value:
+        engine = info.data.get("engine")
+        security = info.data.get("security")
+        for key, item in value.items():
             if key in MANAGED_KAFKA_PROPERTIES:
                 raise ValueError(
                     f"client property {key!r} is managed by the connector "
                     f"({MANAGED_KAFKA_PROPERTIES[key]}); remove it"
                 )
+            covered = SECURITY_KAFKA_PROPERTIES.get(key)
+            if covered is not None and security is not None and security != SecurityConfig():
+                raise ValueError(
+                    f"client property {key!r} is also given as kafka.{covered}; "
+                    "remove it from properties"
+                )
+            if covered is not None and engine == "aiokafka":
+                raise ValueError(
+                    f"client property {key!r} is a security setting; engine aiokafka takes it "
+                    f"from kafka.{covered} only, so move it there"
+                )
+            if engine == "aiokafka":
+                _aiokafka_option(key, item)
         return value
+
+    def aiokafka_options(self) -> dict[str, str | int | bool]:
+        """``properties`` as AIOKafkaConsumer keyword arguments (validated at load time)."""
+        return dict(_aiokafka_option(key, value) for key, value in self.properties.items())
+
+
+def _aiokafka_option(key: str, value: str | int | float | bool) -> tuple[str, str | int | bool]:
+    """The AIOKafkaConsumer keyword and value for one librdkafka property, or a ValueError."""
+    if key not in AIOKAFKA_PROPERTIES:
+        raise ValueError(
+            f"client property {key!r} has no aiokafka equivalent and would be ignored by "
+            f"engine aiokafka; remove it or use engine confluent (engine aiokafka understands "
+            f"{', '.join(AIOKAFKA_PROPERTIES)})"
+        )
+    keyword, kind = AIOKAFKA_PROPERTIES[key]
+    text = str(value).strip().lower()
+    if kind is bool and (isinstance(value, bool) or text in ("true", "false")):
+        return keyword, text == "true"
+    if kind is int and not isinstance(value, bool | float) and text.isdigit():
+        return keyword, int(text)
+    if kind is str and isinstance(value, str):
+        return keyword, value
+    expected = {bool: "true or false", int: "a whole number", str: "a string"}[kind]
+    raise ValueError(f"client property {key!r} must be {expected} (got {value!r})")
 
 
 class RouteConfig(_Section):
