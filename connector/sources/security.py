@@ -23,7 +23,7 @@ def librdkafka_settings(security: SecurityConfig) -> dict[str, str]:
     that pass-through ``kafka.properties`` of older pipeline files keep working."""
     if security == SecurityConfig():
         return {}
-    settings = {"security.protocol": security.protocol}
+    settings: dict[str, str] = {"security.protocol": security.protocol}
     if security.sasl is not None:
         settings["sasl.mechanisms"] = security.sasl.mechanism
         settings["sasl.username"] = security.sasl.username
@@ -64,7 +64,7 @@ def aiokafka_kwargs(security: SecurityConfig) -> dict[str, Any]:
 def describe_endpoint(config: KafkaConfig) -> str:
     """Where and how the client connects, for error messages; never a password."""
     security = config.security
-    how = security.protocol
+    how: str = security.protocol
     if security.sasl is not None:
         how += f", SASL {security.sasl.mechanism} as user {security.sasl.username!r}"
     return f"Kafka at {config.bootstrap_servers!r} ({how})"
@@ -84,7 +84,7 @@ def _check_files(tls: KafkaTlsConfig) -> None:
 def _ssl_context(tls: KafkaTlsConfig) -> ssl.SSLContext:
     _check_files(tls)
     try:
-        context = create_ssl_context(cafile=tls.ca_file)
+        context: ssl.SSLContext = create_ssl_context(cafile=tls.ca_file)
     except ssl.SSLError as exc:
         raise ConnectorError(
             f"kafka.security.tls.ca_file: {tls.ca_file!r} holds no usable CA certificate "
