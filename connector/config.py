@@ -250,6 +250,7 @@ class RouteConfig(_Section):
     id: Literal["field", "key", "coordinates"] = "field"
     unknown_fields: Literal["reject", "ignore"] | None = None
     writer_schema: str | None = Field(default=None, min_length=1)
+    release: Literal["keep", "delete"] = "keep"
 
     @model_validator(mode="after")
     def _consistent(self) -> RouteConfig:
@@ -294,6 +295,8 @@ class SqliteBackendConfig(_Section):
     type: Literal["sqlite"]
     path: str = Field(min_length=1)
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    # How long a batch waits for another process's write lock on the same file.
+    busy_timeout_ms: int = Field(default=5_000, ge=0, le=600_000)
 
 
 class PoolConfig(_Section):
@@ -338,6 +341,8 @@ class PostgresBackendConfig(_Section):
     create_tables: bool = True
     tls: TlsConfig | None = None
     command_timeout_ms: int = Field(default=60_000, ge=100)
+    # An unreachable server fails open() (retried) after this long instead of hanging.
+    connect_timeout_ms: int = Field(default=10_000, ge=100)
 
 
 class WriteConcernConfig(_Section):
@@ -365,6 +370,15 @@ class TimeSeriesConfig(_Section):
     meta_field: str | None = None
     granularity: Literal["seconds", "minutes", "hours"] = "seconds"
 
+    @model_validator(mode="after")
+    def _distinct_fields(self) -> TimeSeriesConfig:
+        if self.meta_field in ("_id", self.time_field):
+            raise ValueError(
+                f"meta_field {self.meta_field!r} cannot be _id or the time_field; choose the "
+                "field that identifies the series, e.g. a link to its sensor"
+            )
+        return self
+
 
 class MongoBackendConfig(_Section):
     """MongoDB (or a wire-compatible server): one collection per object type."""
@@ -375,7 +389,8 @@ class MongoBackendConfig(_Section):
     write_concern: WriteConcernConfig = Field(default_factory=WriteConcernConfig)
     timeseries: dict[str, TimeSeriesConfig] = Field(default_factory=dict)
     decimals: Literal["decimal128", "string"] = "decimal128"
-    server_selection_timeout_ms: int = Field(default=10_000, ge=100)
+    # How long open() and a write wait for a reachable server before a retryable error.
+    server_selection_timeout_ms: int = Field(default=5_000, ge=100)
 
 
 BackendConfig = Annotated[
@@ -441,6 +456,12 @@ class SchemaRegistryConfig(_Section):
         return settings
 
 
+class ReleaseConfig(_Section):
+    """How often routes with ``release: delete`` delete their synced records from the topic."""
+
+    interval_ms: int = Field(default=60_000, ge=100)
+
+
 class ErrorsConfig(_Section):
     """What a conflict does: ``report`` logs it and goes on, ``stop`` stops the run there."""
 
@@ -460,6 +481,7 @@ class PipelineConfig(_Section):
     commit: CommitConfig = Field(default_factory=CommitConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> PipelineConfig:

@@ -104,7 +104,16 @@ class BackgroundProducer:
         self.partitions = partitions
         self.rate = rate_per_s
         self.sent: dict[int, int] = dict.fromkeys(range(partitions), 0)
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+        # Idempotent: a retry across a broker restart neither duplicates nor reorders, so the
+        # n-th record of a partition stays at offset n, which the tests rely on.
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 5,
+                "acks": "all",
+                "enable.idempotence": True,
+            }
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.errors: list[str] = []

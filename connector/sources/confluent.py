@@ -32,6 +32,7 @@ from connector.config import KafkaConfig
 from connector.errors import ConnectorError
 from connector.records import SourceRecord, TopicPartition
 from connector.sources import RebalanceListener, Source
+from connector.sources.security import describe_endpoint, librdkafka_settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ REVOKE_WAIT_S = 300.0
 def consumer_settings(config: KafkaConfig) -> dict[str, Any]:
     """librdkafka settings: the user's pass-through properties, then the ones we own."""
     settings: dict[str, Any] = dict(config.properties)
+    settings.update(librdkafka_settings(config.security))
     settings.update(
         {
             "bootstrap.servers": config.bootstrap_servers,
@@ -153,6 +155,7 @@ class ConfluentSource(Source):
         self._listener: RebalanceListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reassigned: set[TopicPartition] = set()  # assigned during the running consume()
+        self._fatal: str | None = None  # set by the error callback; raised by the next call
 
     # --- client lifecycle --------------------------------------------------------------
 
@@ -171,11 +174,23 @@ class ConfluentSource(Source):
         return self._consumer, self._thread
 
     def _on_error(self, error: KafkaError) -> None:
-        # Runs on the client thread; logging is thread-safe.
-        if error.fatal():
-            log.error("Kafka client fatal error: %s", error)
+        """Runs on the client thread. librdkafka retries authentication failures forever;
+        a wrong password or certificate does not heal, so it stops the run instead."""
+        where = describe_endpoint(self._config)
+        if error.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+            what = "authentication" if error.code() == KafkaError._AUTHENTICATION else "TLS"
+            self._fatal = (
+                f"{what} failed at {where}: {error.str()}; check kafka.security "
+                "(sasl mechanism, username and password; tls.ca_file)"
+            )
+        elif error.fatal():
+            self._fatal = f"Kafka client failed at {where}: {error.str()}"
         else:
             log.warning("Kafka client: %s", error)
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise ConnectorError(self._fatal)
 
     async def start(self, subscriptions: list[str], listener: RebalanceListener) -> None:
         consumer, thread = self._open()
@@ -278,6 +293,7 @@ class ConfluentSource(Source):
     ) -> list[SourceRecord]:
         """consume() and stamp each record with its epoch, both on the client thread, so no
         rebalance can slip between them."""
+        self._raise_fatal()
         self._reassigned.clear()
         messages = consumer.consume(num_messages=max_records, timeout=timeout_s)
         listener = self._listener
@@ -395,7 +411,15 @@ class ConfluentSource(Source):
 
     async def check(self, timeout_s: float) -> list[str]:
         consumer, thread = self._open()
-        metadata = await thread.run(lambda: consumer.list_topics(timeout=timeout_s), timeout_s + 5)
+        try:
+            metadata = await thread.run(
+                lambda: consumer.list_topics(timeout=timeout_s), timeout_s + 5
+            )
+        except KafkaException as exc:
+            self._raise_fatal()
+            raise ConnectorError(
+                f"cannot list topics at {describe_endpoint(self._config)}: {exc}"
+            ) from exc
         return sorted(metadata.topics)
 
 
