@@ -94,8 +94,13 @@ class Fleet:
         self.exit_times.append(time.monotonic() - started)
         assert code == 0, f"member {key} exited {code}:\n" + self.logs[key].read_text()[-3000:]
 
-    def sigkill(self, key: int) -> None:
+    def sigkill(self, key: int, after_sigterm_s: float | None = None) -> None:
+        """SIGKILL one member; with ``after_sigterm_s``, that long after a SIGTERM, so that
+        the kill lands while it commits on revoke and leaves the group."""
         process = self.members.pop(key)
+        if after_sigterm_s is not None:
+            kill(process, signal.SIGTERM)
+            time.sleep(after_sigterm_s)
         kill(process, signal.SIGKILL)
         process.wait(10)
 
@@ -198,7 +203,7 @@ def fleet_chaos(
             time.sleep(rng.uniform(0.05, 0.3) if change % 4 == 3 else rng.uniform(0.5, 2.0))
             fleet.check_alive()
             live = sorted(fleet.members)
-            action = rng.choice(["start", "sigterm", "sigkill"])
+            action = rng.choice(["start", "sigterm", "sigkill", "sigkill in revoke"])
             if len(live) <= 1:
                 action = "start"
             elif len(live) >= 4 and action == "start":
@@ -207,8 +212,10 @@ def fleet_chaos(
                 fleet.start()
             elif action == "sigterm":
                 fleet.sigterm(rng.choice(live))
-            else:
+            elif action == "sigkill":
                 fleet.sigkill(rng.choice(live))
+            else:
+                fleet.sigkill(rng.choice(live), after_sigterm_s=rng.uniform(0.0, 0.3))
             assert_not_ahead(
                 committed_offsets(bootstrap, group, topic, partitions),
                 set(backend.ids("Measurement")),

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from integration.kafka_broker import create_topic
 from integration.support import (
     BackgroundProducer,
@@ -25,9 +27,12 @@ from integration.support import (
 )
 
 PARTITIONS = 3
+ENGINES = pytest.mark.parametrize("engine", ["confluent", "aiokafka"])
 
 
-def setup(tmp_path: Path, bootstrap: str, **sections: object) -> tuple[str, str, Path, Path]:
+def setup(
+    tmp_path: Path, bootstrap: str, engine: str = "confluent", **sections: object
+) -> tuple[str, str, Path, Path]:
     topic, group = unique("measurements"), unique("group")
     create_topic(bootstrap, topic, PARTITIONS)
     db = tmp_path / "ingest.db"
@@ -37,13 +42,15 @@ def setup(tmp_path: Path, bootstrap: str, **sections: object) -> tuple[str, str,
         group,
         [{"topic": topic, "type": "Measurement", "format": "json"}],
         {"type": "sqlite", "path": str(db)},
+        engine=engine,
         **sections,
     )
     return topic, group, db, config
 
 
-def test_20000_records_over_3_partitions(tmp_path: Path, kafka_bootstrap: str) -> None:
-    topic, group, db, config = setup(tmp_path, kafka_bootstrap)
+@ENGINES
+def test_20000_records_over_3_partitions(tmp_path: Path, kafka_bootstrap: str, engine: str) -> None:
+    topic, group, db, config = setup(tmp_path, kafka_bootstrap, engine)
     total = 20_000
     produced = produce(
         kafka_bootstrap,
@@ -78,26 +85,35 @@ def test_20000_records_over_3_partitions(tmp_path: Path, kafka_bootstrap: str) -
     assert summary_of(again.stdout)["records"] == "0"
 
 
+@ENGINES
 def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, kafka_bootstrap: str, engine: str
 ) -> None:
+    """SIGKILL during start-up (joining the group), mid-ingest, and during the shutdown's
+    commit on revoke (SIGTERM, then SIGKILL a moment later)."""
     topic, group, db, config = setup(
-        tmp_path, kafka_bootstrap, batching={"max_records": 200, "max_wait_ms": 50}
+        tmp_path, kafka_bootstrap, engine, batching={"max_records": 200, "max_wait_ms": 50}
     )
     rng = random.Random(20261124)
     producer = BackgroundProducer(kafka_bootstrap, topic, PARTITIONS, rate_per_s=3000).start()
     log = tmp_path / "connector.log"
     kills = 0
     try:
-        for _ in range(6):
+        for moment in ["start-up", "mid-ingest", "revoke", "mid-ingest", "start-up", "revoke"]:
             process = start_connector(config, log=log)
-            before = len(sqlite_rows(db, "Measurement"))
-            deadline = time.monotonic() + 60
-            # Let it make some progress first, so that the kill lands mid-stream.
-            while len(sqlite_rows(db, "Measurement")) <= before and time.monotonic() < deadline:
-                assert process.poll() is None, log.read_text()[-3000:]
-                time.sleep(0.1)
-            time.sleep(rng.uniform(0.0, 2.5))
+            if moment == "start-up":
+                time.sleep(rng.uniform(0.2, 1.5))
+            else:
+                before = len(sqlite_rows(db, "Measurement"))
+                deadline = time.monotonic() + 60
+                # Let it make some progress first, so that the kill lands mid-stream.
+                while len(sqlite_rows(db, "Measurement")) <= before and time.monotonic() < deadline:
+                    assert process.poll() is None, log.read_text()[-3000:]
+                    time.sleep(0.1)
+                time.sleep(rng.uniform(0.0, 2.5))
+            if moment == "revoke":
+                kill(process, signal.SIGTERM)
+                time.sleep(rng.uniform(0.0, 0.3))
             kill(process, signal.SIGKILL)
             process.wait(10)
             kills += 1
@@ -112,7 +128,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
                 )
     finally:
         sent = producer.stop()
-    assert kills >= 5
+    assert kills == 6
 
     result = run_connector(config)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -126,10 +142,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     assert committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == sent
 
 
+@ENGINES
 def test_malformed_record_stops_the_run_and_is_not_committed(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, kafka_bootstrap: str, engine: str
 ) -> None:
-    topic, group, db, config = setup(tmp_path, kafka_bootstrap)
+    topic, group, db, config = setup(tmp_path, kafka_bootstrap, engine)
     good = [(0, measurement(topic, 0, i)) for i in range(10)]
     later = [(0, measurement(topic, 0, i)) for i in range(11, 21)]
     others = [(1, measurement(topic, 1, i)) for i in range(5)]
@@ -153,10 +170,11 @@ def test_malformed_record_stops_the_run_and_is_not_committed(
     assert committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)[0] == 10
 
 
+@ENGINES
 def test_sigterm_exits_0_and_commits_exactly_what_is_stored(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, kafka_bootstrap: str, engine: str
 ) -> None:
-    topic, group, db, config = setup(tmp_path, kafka_bootstrap)
+    topic, group, db, config = setup(tmp_path, kafka_bootstrap, engine)
     producer = BackgroundProducer(kafka_bootstrap, topic, PARTITIONS, rate_per_s=2000).start()
     try:
         process = start_connector(config)
