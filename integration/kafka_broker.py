@@ -1,11 +1,12 @@
-"""A real single-node Apache Kafka 4.x broker (KRaft combined mode) for integration tests.
+"""A real Apache Kafka 4.x broker (KRaft combined mode) for integration tests.
 
 Why: the connector's delivery guarantees (offsets committed only after the backend acks,
 redelivery after a crash or a broker restart) can only be checked against a real broker, and
 the development/CI machines have no Docker engine. The broker runs from the official jars on
 Maven Central, resolved by ``integration/kafka/pom.xml`` into the project cache directory
-(env ``DATA_INGEST_CACHE``, default ``<repo>/.cache``), with no network access at run time once
-the cache is warm.
+(see integration/artifacts.py), with no network access at run time once the cache is warm.
+`KafkaBroker` is one node; integration/kafka_cluster.py runs three of them as one cluster.
+A broker may also serve a SASL_SSL listener (SCRAM-SHA-512 over TLS), see `sasl_ssl_broker`.
 
 Library use::
 
@@ -25,9 +26,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,10 +41,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
+from integration.artifacts import (
+    ArtifactError,
+    cache_dir,
+    install_once,
+    java_executable,
+    run_maven,
+)
 from integration.processes import (
     KILL_TIMEOUT_S,
     LOOPBACK,
     ManagedServer,
+    ProcessWatchdog,
     free_ports,
     pid_alive,
     port_open,
@@ -59,10 +68,14 @@ from integration.processes import (
 KAFKA_VERSION = "4.1.1"
 """Pinned broker version; must resolve as org.apache.kafka:kafka_2.13 on Maven Central."""
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-POM_PATH = HERE / "kafka" / "pom.xml"
-COMPLETE_MARKER = ".complete"
+POM_PATH = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+
+TEST_BOOTSTRAP_ENV = "DATA_INGEST_TEST_KAFKA_BOOTSTRAP"
+"""Env var naming an existing Kafka for the tests. Deliberately not ``KAFKA_BOOTSTRAP_SERVERS``,
+which users export for their real cluster: the tests create and fill topics."""
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+"""The SASL mechanism of the SASL_SSL listener."""
 
 DEFAULT_JVM_OPTS: tuple[str, ...] = (
     "-Xms256m",
@@ -79,7 +92,6 @@ DEFAULT_JVM_OPTS: tuple[str, ...] = (
 
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
-NODE_ID = 1
 
 _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by integration/kafka_broker.py: broker logs at WARN to stdout (-> broker.log). -->
@@ -103,94 +115,29 @@ _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 # --------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Project cache dir: env ``DATA_INGEST_CACHE`` or ``<repo>/.cache`` (gitignored)."""
-    env = os.environ.get("DATA_INGEST_CACHE")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache"
-
-
-def _libs_complete(libs: Path, version: str) -> bool:
-    """True when a previous resolution of ``version`` into ``libs`` finished completely."""
-    marker = libs / COMPLETE_MARKER
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    jars = info.get("jars") or []
-    return info.get("version") == version and all((libs / j).is_file() for j in jars)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock, so parallel test sessions resolve the jars only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _find_executable(name: str, env_var: str, java_home_relative: str | None = None) -> str:
-    """Locate a tool: explicit env var, then $JAVA_HOME (for java), then PATH."""
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return explicit
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home_relative and java_home:
-        candidate = Path(java_home) / java_home_relative
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name!r} not found (set {env_var} or put it on PATH)")
-    return found
-
-
 def ensure_artifacts(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
     """Resolve the broker's runtime jars with Maven once; return the ``libs`` directory.
 
     The jars land in ``<cache>/kafka/<version>/libs`` and Maven's download cache in
-    ``<cache>/m2``. A marker file written after a successful copy makes later calls free.
+    ``<cache>/m2``; see `integration.artifacts.install_once` for the once-only rules.
     """
     cache = cache or cache_dir()
-    base = cache / "kafka" / version
-    libs = base / "libs"
-    if _libs_complete(libs, version):
-        return libs
-    with _file_lock(base / ".lock"):
-        if _libs_complete(libs, version):
-            return libs
-        mvn = _find_executable("mvn", "MVN")
-        partial = base / f"libs.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM_PATH),
+
+    def copy_dependencies(staging: Path) -> list[str]:
+        run_maven(
+            POM_PATH,
             "dependency:copy-dependencies",
-            f"-DoutputDirectory={partial}",
-            f"-Dmaven.repo.local={cache / 'm2'}",
+            f"-DoutputDirectory={staging}",
             f"-Dkafka.version={version}",
-        ]
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+            cache=cache,
+            what=f"resolving Kafka {version}",
         )
-        jars = sorted(p.name for p in partial.glob("*.jar")) if partial.is_dir() else []
-        if proc.returncode != 0 or f"kafka_2.13-{version}.jar" not in jars:
-            shutil.rmtree(partial, ignore_errors=True)
-            output = (proc.stdout + proc.stderr)[-4000:]
-            raise RuntimeError(
-                f"resolving Kafka {version} failed (exit {proc.returncode}): "
-                f"{' '.join(cmd)}\n{output}"
-            )
-        (partial / COMPLETE_MARKER).write_text(json.dumps({"version": version, "jars": jars}))
-        shutil.rmtree(libs, ignore_errors=True)
-        partial.rename(libs)
-    return libs
+        jars = [p.name for p in staging.glob("*.jar")]
+        if f"kafka_2.13-{version}.jar" not in jars:
+            raise ArtifactError(f"resolving Kafka {version}: no kafka_2.13 jar in {jars}")
+        return jars
+
+    return install_once(cache / "kafka" / version / "libs", version, copy_dependencies)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +193,14 @@ def create_topic(
     )
     futures = admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)
     futures[name].result(timeout=timeout)
+    wait_for_topic(bootstrap_servers, name, partitions, timeout=timeout)
+
+
+def wait_for_topic(
+    bootstrap_servers: str, name: str, partitions: int, *, timeout: float = 30.0
+) -> None:
+    """Wait until the broker(s) answering at ``bootstrap_servers`` know a leader per partition."""
+    admin = _admin(bootstrap_servers)
     deadline = time.monotonic() + timeout
 
     def every_partition_led() -> bool:
@@ -270,11 +225,27 @@ def create_topic(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A client listener speaking SASL_SSL: SCRAM-SHA-512 users over TLS.
+
+    ``cert_file``/``key_file``: the server certificate and its unencrypted PKCS#8 key (PEM).
+    ``users``: name -> password, created at storage format time (KRaft needs SCRAM
+    credentials before the first start). No authorizer: every user may do everything.
+    """
+
+    cert_file: Path
+    key_file: Path
+    users: Mapping[str, str]
+
+
 class KafkaBroker(ManagedServer):
     """One Kafka broker+controller JVM (KRaft combined mode) on free loopback ports.
 
-    The broker and controller ports are picked once and kept for the object's life, so
-    ``restart()`` brings the broker back on the same address with the same data.
+    The ports are picked once and kept for the object's life, so ``restart()`` brings the
+    broker back on the same address with the same data. Alone it is its own single-voter
+    quorum; `KafkaCluster` makes several share one quorum (``node_id``, ports, ``quorum_voters``
+    and ``cluster_id`` given).
     """
 
     def __init__(
@@ -288,14 +259,24 @@ class KafkaBroker(ManagedServer):
         extra_properties: Mapping[str, str | int | bool] | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         cache: Path | None = None,
+        node_id: int = 1,
+        port: int | None = None,
+        controller_port: int | None = None,
+        quorum_voters: str | None = None,
+        cluster_id: str | None = None,
+        sasl_ssl: SaslSslListener | None = None,
     ) -> None:
         """Configure (not start) a broker.
 
         ``data_dir``: use this directory (kept on stop) instead of a fresh temp dir.
         ``keep_data``: keep the temp dir on ``stop()`` (to read logs after a failure).
-        ``detached``: the JVM may outlive this Python process (no atexit kill, no parent-death
-        signal); used by the CLI ``start``.
+        ``detached``: the JVM may outlive this Python process (no atexit kill, no watchdog);
+        used by the CLI ``start``.
         ``extra_properties``: added to / overriding the generated ``server.properties``.
+        ``port``/``controller_port``: fixed listener ports (default: free ones at first start).
+        ``quorum_voters``: ``controller.quorum.voters`` (default: this node alone).
+        ``cluster_id``: the id to format the storage with (default: a new random one).
+        ``sasl_ssl``: also serve a SASL_SSL listener (`sasl_ssl_bootstrap_servers`).
         """
         self.version = version
         self.keep_data = keep_data
@@ -303,14 +284,21 @@ class KafkaBroker(ManagedServer):
         self.jvm_opts: tuple[str, ...] = tuple(DEFAULT_JVM_OPTS if jvm_opts is None else jvm_opts)
         self.extra_properties: dict[str, str | int | bool] = dict(extra_properties or {})
         self.startup_timeout = startup_timeout
+        self.node_id = node_id
+        self.sasl_ssl = sasl_ssl
         self._cache = cache
+        self._quorum_voters = quorum_voters
         self._owns_data_dir = data_dir is None
         self._data_dir: Path | None = Path(data_dir).resolve() if data_dir is not None else None
-        self._port: int | None = None
-        self._controller_port: int | None = None
+        self._port = port
+        self._controller_port = controller_port
+        self._sasl_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._exit_code: int | None = None
         self._log_offset = 0
-        self._cluster_id: str | None = None
+        self._cluster_id = cluster_id
+        self._ready_once = False
+        self._watchdog: ProcessWatchdog | None = None
 
     # -- properties ----------------------------------------------------------------------
 
@@ -320,6 +308,13 @@ class KafkaBroker(ManagedServer):
         if self._port is None:
             raise RuntimeError("broker not started")
         return f"{LOOPBACK}:{self._port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """``127.0.0.1:<port>`` of the SASL_SSL listener (only with ``sasl_ssl``, once started)."""
+        if self._sasl_port is None:
+            raise RuntimeError("broker not started, or started without a SASL_SSL listener")
+        return f"{LOOPBACK}:{self._sasl_port}"
 
     @property
     def port(self) -> int | None:
@@ -347,6 +342,11 @@ class KafkaBroker(ManagedServer):
         return self._proc.pid if self.is_running and self._proc else None
 
     @property
+    def last_exit_code(self) -> int | None:
+        """How the previous JVM run ended (negative: killed by that signal), None before any."""
+        return self._exit_code
+
+    @property
     def cluster_id(self) -> str | None:
         """The KRaft cluster id written by the storage format (None before the first start)."""
         return self._cluster_id
@@ -359,45 +359,68 @@ class KafkaBroker(ManagedServer):
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> KafkaBroker:
-        """Resolve jars, write config, format storage on first start, launch, wait for metadata.
+        """`launch` the JVM, then `wait_ready`; on the first start also format the storage.
 
         Raises RuntimeError (with the tail of the broker log) if the JVM exits early or the
         broker does not serve metadata within ``startup_timeout`` seconds.
         """
-        if self.is_running:
-            raise RuntimeError(f"broker already running (pid {self.pid})")
-        libs = ensure_artifacts(self.version, self._cache)
-        first_start = self._data_dir is None
-        if self._data_dir is None:
-            self._data_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-")).resolve()
-        try:
-            self._start_in_data_dir(libs)
-        except BaseException:
-            self._terminate(graceful=False)
-            unregister_live(self)
-            if first_start and self._owns_data_dir and not self.keep_data:
-                # A failed first start leaves nothing behind (``with`` never calls __exit__).
-                self.stop(remove_data=True)
-            raise
+        self.launch()
+        self.wait_ready()
         return self
 
-    def _start_in_data_dir(self, libs: Path) -> None:
-        """The part of ``start()`` after the data dir exists: config, format, launch, wait."""
-        assert self._data_dir is not None
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        if self._port is None or self._controller_port is None:
-            self._port, self._controller_port = free_ports(2)
-        props_path = self._write_config()
-        java = _find_executable("java", "JAVA", "bin/java")
-        classpath = f"{libs}/*"
-        log4j = f"-Dlog4j2.configurationFile={self._data_dir / 'log4j2.xml'}"
-        if not (self._data_dir / "kraft" / "meta.properties").exists():
-            self._format(java, classpath, log4j, props_path)
-        self._cluster_id = self._read_cluster_id()
-        self._launch(
-            [java, *self.jvm_opts, log4j, "-cp", classpath, "kafka.Kafka", str(props_path)]
-        )
-        self._wait_ready()
+    def launch(self) -> None:
+        """Resolve jars, write config, format storage on first start, spawn the JVM; no wait.
+
+        Separate from `wait_ready` because the nodes of a cluster must all be launched before
+        any can be ready: a quorum of three voters needs two of them up.
+        """
+        if self.is_running:
+            raise RuntimeError(f"broker already running (pid {self.pid})")
+        try:
+            libs = ensure_artifacts(self.version, self._cache)
+            if self._data_dir is None:
+                self._data_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-")).resolve()
+            self._launch_in_data_dir(libs)
+        except BaseException:
+            self._abort_start()
+            raise
+
+    def wait_ready(self) -> None:
+        """Wait until the launched broker serves metadata listing itself; kill it if it does not.
+
+        The cluster id must match ours: otherwise a foreign broker on a reused port (or a
+        JVM of ours that failed to bind) would look ready.
+        """
+        from confluent_kafka import KafkaException
+
+        assert self._proc is not None and self._port is not None and self.log_path is not None
+        port, sasl_port = self._port, self._sasl_port
+        admin: Any = None
+
+        def serves_metadata() -> bool:
+            nonlocal admin
+            if not port_open(port) or (sasl_port is not None and not port_open(sasl_port)):
+                return False
+            admin = admin or _admin(self.bootstrap_servers)
+            md = admin.list_topics(timeout=2.0)
+            return bool(md.cluster_id == self._cluster_id and self.node_id in md.brokers)
+
+        try:
+            wait_for_startup(
+                self._proc,
+                serves_metadata,
+                what=f"Kafka broker {self.node_id}",
+                timeout=self.startup_timeout,
+                log_path=self.log_path,
+                log_offset=self._log_offset,
+                interval=0.2,
+                retry_on=(KafkaException,),
+                timeout_error=RuntimeError,
+            )
+        except BaseException:
+            self._abort_start()
+            raise
+        self._ready_once = True
 
     def stop(self, *, graceful: bool = True, remove_data: bool | None = None) -> None:
         """Stop the JVM (SIGTERM, up to 30 s, then SIGKILL); remove an owned temp dir.
@@ -408,12 +431,19 @@ class KafkaBroker(ManagedServer):
         """
         self._terminate(graceful=graceful)
         unregister_live(self)
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
         if remove_data is None:
             remove_data = self._owns_data_dir and not self.keep_data
         if remove_data and self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
-            self._port = self._controller_port = None
+            self._port = self._controller_port = self._sasl_port = None
+
+    def kill(self) -> None:
+        """SIGKILL the JVM (a crash) and keep its data dir and ports: `start()` brings it back."""
+        self._terminate(graceful=False)
 
     def restart(self, *, hard: bool = False, downtime: float = 0.0) -> None:
         """Stop and start again on the same ports and data dir, without reformatting.
@@ -454,20 +484,50 @@ class KafkaBroker(ManagedServer):
 
     # -- internals -------------------------------------------------------------------------
 
+    def _launch_in_data_dir(self, libs: Path) -> None:
+        """The part of `launch` after the data dir exists: config, format, spawn."""
+        assert self._data_dir is not None
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._pick_ports()
+        props_path = self._write_config()
+        java = java_executable()
+        classpath = f"{libs}/*"
+        log4j = f"-Dlog4j2.configurationFile={self._data_dir / 'log4j2.xml'}"
+        if not (self._data_dir / "kraft" / "meta.properties").exists():
+            self._format(java, classpath, log4j, props_path)
+        self._cluster_id = self._read_cluster_id()
+        self._spawn([java, *self.jvm_opts, log4j, "-cp", classpath, "kafka.Kafka", str(props_path)])
+
+    def _pick_ports(self) -> None:
+        """Choose free loopback ports for the listeners that have none yet (first start)."""
+        wanted = [self._port, self._controller_port]
+        if self.sasl_ssl is not None:
+            wanted.append(self._sasl_port)
+        fresh = iter(free_ports(wanted.count(None)))
+        self._port = self._port or next(fresh)
+        self._controller_port = self._controller_port or next(fresh)
+        if self.sasl_ssl is not None:
+            self._sasl_port = self._sasl_port or next(fresh)
+
     def _properties(self) -> dict[str, str | int | bool]:
         """The broker's server.properties as a dict (defaults tuned for fast, small tests)."""
         assert self._data_dir is not None
         port, cport = self._port, self._controller_port
+        listeners = [f"PLAINTEXT://{LOOPBACK}:{port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.sasl_ssl is not None:
+            listeners.append(f"SASL_SSL://{LOOPBACK}:{self._sasl_port}")
+            protocols.append("SASL_SSL:SASL_SSL")
         props: dict[str, str | int | bool] = {
             "process.roles": "broker,controller",
-            "node.id": NODE_ID,
-            # Static quorum (one voter): no --standalone / dynamic-quorum bootstrap needed.
-            "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{cport}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "node.id": self.node_id,
+            # Static quorum: no --standalone / dynamic-quorum bootstrap needed.
+            "controller.quorum.voters": self._quorum_voters or f"{self.node_id}@{LOOPBACK}:{cport}",
+            "listeners": ",".join([*listeners, f"CONTROLLER://{LOOPBACK}:{cport}"]),
+            "advertised.listeners": ",".join(listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(self._data_dir / "kraft"),
             "num.partitions": 3,
             "default.replication.factor": 1,
@@ -488,6 +548,8 @@ class KafkaBroker(ManagedServer):
             # The default 128 MiB compaction buffer is a quarter of the heap; tests need little.
             "log.cleaner.dedupe.buffer.size": 16 * 1024 * 1024,
         }
+        if self.sasl_ssl is not None:
+            props.update(_sasl_ssl_properties(self.sasl_ssl))
         props.update(self.extra_properties)
         return props
 
@@ -497,14 +559,18 @@ class KafkaBroker(ManagedServer):
         lines = ["# Written by integration/kafka_broker.py"]
         for key, value in self._properties().items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
-            lines.append(f"{key}={text}")
+            lines.append(f"{key}={_escape_property(text)}")
         props_path = self._data_dir / "server.properties"
         props_path.write_text("\n".join(lines) + "\n")
+        props_path.chmod(0o600)  # it may hold a private key
         (self._data_dir / "log4j2.xml").write_text(_LOG4J2_XML)
         return props_path
 
     def _format(self, java: str, classpath: str, log4j: str, props_path: Path) -> None:
-        """``kafka-storage format`` equivalent; only on the first start of a data dir."""
+        """``kafka-storage format`` equivalent (with the SCRAM users); only on the first start."""
+        scram: list[str] = []
+        for name, password in (self.sasl_ssl.users if self.sasl_ssl else {}).items():
+            scram += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         cmd = [
             java,
             "-Xmx256m",
@@ -515,10 +581,11 @@ class KafkaBroker(ManagedServer):
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
-            new_cluster_id(),
+            self._cluster_id or new_cluster_id(),
             "--config",
             str(props_path),
             "--ignore-formatted",
+            *scram,
         ]
         proc = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
@@ -539,59 +606,70 @@ class KafkaBroker(ManagedServer):
                 return value.strip()
         raise RuntimeError(f"no cluster.id in {meta}")
 
-    def _launch(self, cmd: list[str]) -> None:
+    def _spawn(self, cmd: list[str]) -> None:
         """Spawn the JVM in its own session, stdout/stderr appended to broker.log.
 
-        Unless detached, it gets SIGTERM if this Python process dies and is stopped at exit.
+        Unless detached, it is stopped at exit, and a watchdog stops it and removes an owned
+        temp dir if this Python process is killed.
         """
         assert self._data_dir is not None and self.log_path is not None
+        if not self.detached and self._watchdog is None:
+            owned = self._owns_data_dir and not self.keep_data
+            self._watchdog = ProcessWatchdog(
+                self._pidfile, self._data_dir if owned else None, "TERM"
+            )
         self._proc, self._log_offset = spawn(
             cmd,
             self.log_path,
             cwd=self._data_dir,
             banner=f"\n===== broker start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n",
-            parent_death_signal=not self.detached,
         )
         if not self.detached:
+            self._pidfile.write_text(str(self._proc.pid))
             register_live(self)
 
-    def _wait_ready(self) -> None:
-        """Poll until the broker answers a metadata request listing itself.
+    @property
+    def _pidfile(self) -> Path:
+        """Where the watchdog reads the pid to stop (empty while the broker is down)."""
+        assert self._data_dir is not None
+        return self._data_dir / "broker.pid"
 
-        The cluster id must match ours: otherwise a foreign broker on a reused port (or a
-        JVM of ours that failed to bind) would look ready.
-        """
-        from confluent_kafka import KafkaException
-
-        assert self._proc is not None and self._port is not None and self.log_path is not None
-        port = self._port
-        admin: Any = None
-
-        def serves_metadata() -> bool:
-            nonlocal admin
-            if not port_open(port):
-                return False
-            admin = admin or _admin(self.bootstrap_servers)
-            md = admin.list_topics(timeout=2.0)
-            return bool(md.cluster_id == self._cluster_id and NODE_ID in md.brokers)
-
-        wait_for_startup(
-            self._proc,
-            serves_metadata,
-            what="Kafka broker",
-            timeout=self.startup_timeout,
-            log_path=self.log_path,
-            log_offset=self._log_offset,
-            interval=0.2,
-            retry_on=(KafkaException,),
-            timeout_error=RuntimeError,
-        )
+    def _abort_start(self) -> None:
+        """Kill a JVM that failed to start; a failed first start leaves nothing behind."""
+        self._terminate(graceful=False)
+        if not self._ready_once and self._owns_data_dir and not self.keep_data:
+            self.stop(remove_data=True)
 
     def _terminate(self, *, graceful: bool) -> None:
         """Stop the JVM (SIGTERM, SIGKILL after STOP_TIMEOUT_S; or SIGKILL at once) and reap it."""
-        if self._proc is not None:
-            sig = signal.SIGTERM if graceful else signal.SIGKILL
-            terminate(self._proc, sig, STOP_TIMEOUT_S if graceful else KILL_TIMEOUT_S)
+        if self._proc is None:
+            return
+        sig = signal.SIGTERM if graceful else signal.SIGKILL
+        terminate(self._proc, sig, STOP_TIMEOUT_S if graceful else KILL_TIMEOUT_S)
+        self._exit_code = self._proc.returncode
+        if self._watchdog is not None:
+            # The watchdog must not signal a pid that may be reused while the broker is down.
+            self._pidfile.write_text("")
+
+
+def _escape_property(value: str) -> str:
+    """A java.util.Properties value: backslashes doubled, newlines as ``\\n`` (PEM spans lines)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _sasl_ssl_properties(listener: SaslSslListener) -> dict[str, str | int | bool]:
+    """server.properties of the SASL_SSL listener: SCRAM-SHA-512, PEM key store given inline."""
+    prefix = "listener.name.sasl_ssl."
+    return {
+        f"{prefix}sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        f"{prefix}{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        f"{prefix}ssl.keystore.type": "PEM",
+        f"{prefix}ssl.keystore.certificate.chain": listener.cert_file.read_text(),
+        f"{prefix}ssl.keystore.key": listener.key_file.read_text(),
+        f"{prefix}ssl.client.auth": "none",
+    }
 
 
 def stop_detached(state_file: str | Path, *, timeout: float = STOP_TIMEOUT_S) -> bool:
@@ -652,11 +730,12 @@ def _docker_available() -> bool:
 def kafka_endpoint() -> Iterator[KafkaEndpoint]:
     """Yield a Kafka for the tests and stop what was started here.
 
-    Order: env ``KAFKA_BOOTSTRAP_SERVERS`` -> a testcontainers Kafka when a Docker engine
-    answers -> a local ``KafkaBroker``. Env ``DATA_INGEST_KAFKA=local`` skips the Docker check
-    (e.g. to run the restart tests, which need the local broker).
+    Order: env ``DATA_INGEST_TEST_KAFKA_BOOTSTRAP`` -> a testcontainers Kafka when a Docker
+    engine answers -> a local ``KafkaBroker``. Env ``DATA_INGEST_KAFKA=local`` skips the Docker
+    check (e.g. to run the restart tests, which need the local broker). ``KAFKA_BOOTSTRAP_SERVERS``
+    is never read: users export it for their real cluster, which the tests must not write to.
     """
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    env = os.environ.get(TEST_BOOTSTRAP_ENV)
     if env:
         yield KafkaEndpoint(env, "env")
         return
@@ -681,6 +760,46 @@ def kafka_endpoint() -> Iterator[KafkaEndpoint]:
             return
     with KafkaBroker() as broker:
         yield KafkaEndpoint(broker.bootstrap_servers, "local", broker)
+
+
+@dataclass(frozen=True)
+class SaslSslKafka:
+    """A broker's SASL_SSL listener as a client sees it: address, SCRAM user, CA to trust."""
+
+    bootstrap_servers: str
+    username: str
+    password: str
+    ca_file: Path
+    broker: KafkaBroker
+
+    def client_config(self, **overrides: str) -> dict[str, str]:
+        """confluent-kafka settings for this listener (verifying the broker's certificate)."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": SCRAM_MECHANISM,
+            "sasl.username": self.username,
+            "sasl.password": self.password,
+            "ssl.ca.location": str(self.ca_file),
+            "ssl.endpoint.identification.algorithm": "https",
+            **overrides,
+        }
+
+
+@contextlib.contextmanager
+def sasl_ssl_broker(directory: Path, username: str = "alice") -> Iterator[SaslSslKafka]:
+    """A local broker with a SASL_SSL listener: a new CA in ``directory``, a server certificate
+    for 127.0.0.1/localhost signed by it, and one SCRAM-SHA-512 user with a random password."""
+    from integration.tls import CertificateAuthority
+
+    ca = CertificateAuthority.create(directory, "kafka test CA")
+    cert = ca.issue_server_cert(directory, "kafka-broker")
+    password = secrets.token_urlsafe(18)
+    listener = SaslSslListener(cert.cert_file, cert.key_file, {username: password})
+    with KafkaBroker(sasl_ssl=listener) as broker:
+        yield SaslSslKafka(
+            broker.sasl_ssl_bootstrap_servers, username, password, ca.cert_file, broker
+        )
 
 
 # --------------------------------------------------------------------------------------------

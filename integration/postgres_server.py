@@ -13,6 +13,10 @@ No server outlives the test session: `stop()` is registered with `atexit`, and a
 watchdog, which holds the read end of a pipe whose write end only this process has, kills the
 server and removes its temp dir if this process dies without running `atexit` (SIGKILL, crash).
 
+With ``tls=`` (a `ServerCert` from integration/tls.py) the server runs with ``ssl=on`` and
+accepts only TLS connections (``hostssl`` in its pg_hba.conf); `dsn` then asks for
+``sslmode=verify-full`` against the test CA, the way users connect to a managed server.
+
 The binaries come from Debian's packages (/usr/lib/postgresql/<newest>/bin); if absent,
 `integration/install_services.sh postgres` installs them.
 """
@@ -22,16 +26,20 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 # ProcessWatchdog and free_port were defined here first; they stay importable from here.
 from integration.processes import LOOPBACK, TempDirServer
 from integration.processes import ProcessWatchdog as ProcessWatchdog
 from integration.processes import free_port as free_port
+
+if TYPE_CHECKING:
+    from integration.tls import ServerCert
 
 INSTALL_SCRIPT = Path(__file__).resolve().parent / "install_services.sh"
 
@@ -93,17 +101,19 @@ class PostgresServer(TempDirServer):
         base_dir: Path | None = None,
         extra_settings: dict[str, str] | None = None,
         startup_timeout: float = 60.0,
+        tls: ServerCert | None = None,
     ) -> None:
         """Configure; nothing runs before `start()`.
 
         ``base_dir`` is where the temp dir is made (default: the system temp dir); when root,
         the ``postgres`` user must be able to traverse it. ``extra_settings`` are passed as
-        ``-c name=value`` to the server.
+        ``-c name=value`` to the server. ``tls``: serve TLS only, with this certificate.
         """
         super().__init__(base_dir=base_dir, startup_timeout=startup_timeout)
         self._bindir = bindir
         self._extra_settings = dict(extra_settings or {})
         self._run_as: pwd.struct_passwd | None = None
+        self.tls = tls
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -113,8 +123,16 @@ class PostgresServer(TempDirServer):
         return self.dsn_for(self.database)
 
     def dsn_for(self, database: str) -> str:
-        """libpq/asyncpg URL of another database on this server."""
-        return f"postgresql://{self.user}@{LOOPBACK}:{self.port}/{database}"
+        """libpq/asyncpg URL of another database on this server (verify-full with ``tls``)."""
+        url = f"postgresql://{self.user}@{LOOPBACK}:{self.port}/{database}"
+        if self.tls is not None:
+            url += f"?sslmode=verify-full&sslrootcert={self.tls.ca_file}"
+        return url
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate (PEM) that signed the server's certificate; None without TLS."""
+        return None if self.tls is None else self.tls.ca_file
 
     @property
     def version(self) -> str:
@@ -145,8 +163,20 @@ class PostgresServer(TempDirServer):
         self._run_as = _postgres_user() if os.geteuid() == 0 else None
         (tmpdir / "data").mkdir(mode=0o700)
         (tmpdir / "sock").mkdir(mode=0o700)
+        owned = [tmpdir, tmpdir / "data", tmpdir / "sock"]
+        if self.tls is not None:
+            # The server refuses a key file that others can read, or that it does not own.
+            shutil.copyfile(self.tls.cert_file, tmpdir / "server.crt")
+            shutil.copyfile(self.tls.key_file, tmpdir / "server.key")
+            (tmpdir / "server.key").chmod(0o600)
+            (tmpdir / "pg_hba.conf").write_text(
+                "# Written by integration/postgres_server.py: TLS only, on loopback.\n"
+                "local all all trust\n"
+                f"hostssl all all {LOOPBACK}/32 trust\n"
+            )
+            owned += [tmpdir / "server.crt", tmpdir / "server.key", tmpdir / "pg_hba.conf"]
         if self._run_as is not None:
-            for path in (tmpdir, tmpdir / "data", tmpdir / "sock"):
+            for path in owned:
                 os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid)
         self._initdb(tmpdir)
 
@@ -164,6 +194,7 @@ class PostgresServer(TempDirServer):
             "max_connections": "100",
             "shared_buffers": "32MB",
             "log_min_messages": "warning",
+            **self._tls_settings(tmpdir),
             **self._extra_settings,
         }
         args = [str(self._binary("postgres")), "-D", str(tmpdir / "data")]
@@ -193,6 +224,17 @@ class PostgresServer(TempDirServer):
             raise RuntimeError(f"createdb failed: {result.stderr}")
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _tls_settings(self, tmpdir: Path) -> dict[str, str]:
+        """``ssl=on`` with the copied certificate and the TLS-only pg_hba.conf (if ``tls``)."""
+        if self.tls is None:
+            return {}
+        return {
+            "ssl": "on",
+            "ssl_cert_file": str(tmpdir / "server.crt"),
+            "ssl_key_file": str(tmpdir / "server.key"),
+            "hba_file": str(tmpdir / "pg_hba.conf"),
+        }
 
     def _binary(self, name: str) -> Path:
         """Path of a PostgreSQL program in the bindir (found on first use)."""

@@ -413,14 +413,16 @@ class ProcessWatchdog:
     A ``/bin/sh`` child blocks reading a pipe whose write end only this process holds; the
     kernel closes it however this process ends, even on SIGKILL. The watchdog then sends
     ``stop_signal`` to the pid currently written in ``pidfile`` (rewritten at each restart),
-    SIGKILL after 10 s, and deletes ``remove_dir``. `disarm()` ends it on a normal stop.
+    SIGKILL after 10 s, and deletes ``remove_dir`` (unless None). `disarm()` ends it on a
+    normal stop.
     """
 
-    def __init__(self, pidfile: Path, remove_dir: Path, stop_signal: str = "INT") -> None:
+    def __init__(self, pidfile: Path, remove_dir: Path | None, stop_signal: str = "INT") -> None:
         """Start the watchdog shell; ``stop_signal`` is a name for ``kill -SIG`` (no prefix)."""
         self._read_fd, self._write_fd = os.pipe()
+        remove = "" if remove_dir is None else str(remove_dir)
         self._proc = subprocess.Popen(
-            ["/bin/sh", "-c", _WATCHDOG_SH, "watchdog", str(pidfile), str(remove_dir), stop_signal],
+            ["/bin/sh", "-c", _WATCHDOG_SH, "watchdog", str(pidfile), remove, stop_signal],
             stdin=self._read_fd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -14,22 +14,25 @@ Usage::
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import tarfile
-import tempfile
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Self
 
+from integration.artifacts import (
+    ArtifactError,
+    cache_dir,
+    install_once,
+    java_executable,
+    run_maven,
+)
 from integration.processes import (
     LOOPBACK,
     ManagedServer,
     PortInUseError,
-    free_port,
     free_ports,
     register_live,
     retry_on_port_clash,
@@ -39,7 +42,6 @@ from integration.processes import (
     wait_for_startup,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 POM_PATH = Path(__file__).resolve().parent / "schema-registry" / "pom.xml"
 CCOMPAT_PATH = "/apis/ccompat/v7"
 DEFAULT_JVM_OPTS: tuple[str, ...] = ("-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
@@ -54,13 +56,7 @@ _PORT_IN_USE_MARKERS = (
 
 
 class SchemaRegistryError(RuntimeError):
-    """The schema registry could not be fetched or started."""
-
-
-def cache_dir() -> Path:
-    """Return the cache directory: ``$DATA_INGEST_CACHE`` or ``<repo>/.cache``."""
-    env = os.environ.get("DATA_INGEST_CACHE")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache"
+    """The schema registry could not be installed or started."""
 
 
 def pinned_version(pom: Path = POM_PATH) -> str:
@@ -69,21 +65,6 @@ def pinned_version(pom: Path = POM_PATH) -> str:
     if node is None or not (node.text or "").strip():
         raise SchemaRegistryError(f"no apicurio-registry.version property in {pom}")
     return (node.text or "").strip()
-
-
-free_loopback_port = free_port
-"""Ask the kernel for a currently free TCP port on 127.0.0.1 (kept for existing callers)."""
-
-
-def java_executable() -> str:
-    """Return ``$JAVA_HOME/bin/java`` if set, else ``java`` from ``PATH``."""
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").is_file():
-        return str(Path(java_home) / "bin" / "java")
-    found = shutil.which("java")
-    if not found:
-        raise SchemaRegistryError("no java executable found (set JAVA_HOME or put java on PATH)")
-    return found
 
 
 def _find_launcher(install_dir: Path) -> Path:
@@ -98,60 +79,39 @@ def _find_launcher(install_dir: Path) -> Path:
 
 
 def ensure_installed(version: str | None = None, cache: Path | None = None) -> Path:
-    """Fetch (via Maven) and unpack the pinned server into the cache; return its launcher jar."""
+    """Fetch (via Maven) and unpack the pinned server into the cache once; return its launcher.
+
+    The ``tar.gz:all`` archive lands in Maven's repository ``<cache>/m2``, the unpacked server
+    in ``<cache>/apicurio-registry-<version>``.
+    """
     version = version or pinned_version()
     cache = cache or cache_dir()
-    install_dir = cache / f"apicurio-registry-{version}"
-    if (install_dir / ".complete").is_file():
-        return _find_launcher(install_dir)
-
-    m2 = cache / "m2"
     archive = (
-        m2
+        cache
+        / "m2"
         / "io"
         / "apicurio"
         / "apicurio-registry-app"
         / version
         / f"apicurio-registry-app-{version}-all.tar.gz"
     )
-    if not archive.is_file():
-        mvn = shutil.which("mvn")
-        if not mvn:
-            raise SchemaRegistryError("Maven (mvn) is needed to fetch the schema registry")
-        cmd = [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(POM_PATH),
-            f"-Dmaven.repo.local={m2}",
-            f"-Dapicurio-registry.version={version}",
-            "dependency:get@fetch",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not archive.is_file():
-            raise SchemaRegistryError(
-                f"fetching apicurio-registry-app {version} failed ({proc.returncode}):\n"
-                f"{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
-            )
 
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".apicurio-registry-{version}-", dir=cache))
-    try:
+    def unpack(staging: Path) -> list[str]:
+        if not archive.is_file():
+            run_maven(
+                POM_PATH,
+                f"-Dapicurio-registry.version={version}",
+                "dependency:get@fetch",
+                cache=cache,
+                what=f"fetching apicurio-registry-app {version}",
+            )
+            if not archive.is_file():
+                raise ArtifactError(f"mvn ran but left no {archive}")
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(staging, filter="data")
-        staging.chmod(0o755)  # mkdtemp makes it 0700
-        (staging / ".complete").write_text(version + "\n")
-        if install_dir.exists():  # a half-finished earlier attempt
-            shutil.rmtree(install_dir)
-        try:
-            staging.rename(install_dir)
-        except OSError:
-            if not (install_dir / ".complete").is_file():  # lost a race to someone else: fine
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return _find_launcher(install_dir)
+        return [str(_find_launcher(staging).relative_to(staging))]
+
+    return _find_launcher(install_once(cache / f"apicurio-registry-{version}", version, unpack))
 
 
 class SchemaRegistryServer(ManagedServer):
@@ -218,7 +178,10 @@ class SchemaRegistryServer(ManagedServer):
             "-jar",
             str(launcher),
         ]
-        self._proc, log_offset = spawn(cmd, self.log_path, cwd=launcher.parent)
+        # parent_death_signal: the JVM goes too if this process is SIGKILLed (no atexit).
+        self._proc, log_offset = spawn(
+            cmd, self.log_path, cwd=launcher.parent, parent_death_signal=True
+        )
         register_live(self)
         try:
             wait_for_startup(

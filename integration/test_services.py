@@ -1,7 +1,7 @@
 """Tests of the database harnesses, against the real servers.
 
 They check what the connector relies on: PostgreSQL keeps committed rows across an outage and a
-crash; FerretDB (MongoDB wire protocol, SQLite backend) reports duplicate keys in an unordered
+crash, and with TLS on accepts only verified TLS clients; FerretDB (MongoDB wire protocol, SQLite backend) reports duplicate keys in an unordered
 ``insert_many`` the way MongoDB does (BulkWriteError, code 11000, other documents inserted),
 accepts ``w: "majority"``, works with pymongo's asyncio client, and keeps data across restarts.
 Features FerretDB lacks (time-series collections, Decimal128...) are recorded, not failed on.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import pytest
 
 from integration.mongo_server import MongoWireServer
 from integration.postgres_server import PostgresServer, StopMode
+from integration.tls import CertificateAuthority
 
 asyncpg = pytest.importorskip("asyncpg", reason="needs asyncpg (pip install 'asyncpg>=0.29')")
 pymongo = pytest.importorskip("pymongo", reason="needs pymongo (pip install 'pymongo>=4.9')")
@@ -156,6 +158,48 @@ async def test_postgres_crash_keeps_committed_rows(pg: PostgresServer, mode: Sto
         assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 50
     finally:
         await conn.close()
+
+
+async def test_postgres_tls_verify_full(postgres_tls_server: PostgresServer) -> None:
+    """verify-full against the test CA connects over TLS, by ssl context and by the DSN."""
+    server = postgres_tls_server
+    assert server.ca_file is not None
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    conn = await asyncpg.connect(
+        host=server.host, port=server.port, user=server.user, database=server.database, ssl=context
+    )
+    try:
+        in_tls = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        assert await conn.fetchval(in_tls) is True
+    finally:
+        await conn.close()
+    assert "sslmode=verify-full" in server.dsn
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        assert await conn.fetchval(in_tls) is True
+    finally:
+        await conn.close()
+
+
+async def test_postgres_tls_refuses_other_ca_and_plaintext(
+    postgres_tls_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A client trusting another CA fails verification; a client without TLS is refused."""
+    server = postgres_tls_server
+    other = CertificateAuthority.create(tmp_path, "other CA")
+    context = ssl.create_default_context(cafile=str(other.cert_file))
+    params: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "database": server.database,
+        "timeout": 10,
+    }
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncpg.connect(**params, ssl=context)
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
+        await asyncpg.connect(**params, ssl=False)
 
 
 # -- FerretDB -----------------------------------------------------------------------------------
@@ -375,19 +419,25 @@ _CRASH_SCRIPT = """
 import sys, time
 from integration.{module} import {cls}
 server = {cls}().start()
-print(server._proc.pid, server._tmpdir, flush=True)
+print(server._proc.pid, {dir_attr}, flush=True)
 time.sleep(600)
 """
 
 
 @pytest.mark.parametrize(
-    ("module", "cls"), [("postgres_server", "PostgresServer"), ("mongo_server", "MongoWireServer")]
+    ("module", "cls", "dir_attr"),
+    [
+        ("postgres_server", "PostgresServer", "server._tmpdir"),
+        ("mongo_server", "MongoWireServer", "server._tmpdir"),
+        ("kafka_broker", "KafkaBroker", "server.data_dir"),
+    ],
 )
-def test_no_server_survives_a_killed_session(module: str, cls: str) -> None:
+def test_no_server_survives_a_killed_session(module: str, cls: str, dir_attr: str) -> None:
     """If the test process is SIGKILLed (no atexit), the watchdog stops the server and cleans up."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = _CRASH_SCRIPT.format(module=module, cls=cls, dir_attr=dir_attr)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CRASH_SCRIPT.format(module=module, cls=cls)],
+        [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
