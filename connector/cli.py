@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from connector.backends import create_backend
+from connector.backends import create_backend, settings_problems
 from connector.config import PipelineConfig, load_config
 from connector.errors import ConfigError, ConnectorError
 from connector.mapping import bind_routes
@@ -135,6 +135,9 @@ def _load(path: str) -> tuple[PipelineConfig, ObjectTypes]:
     except SchemaViolations as exc:
         raise ConfigError(path, [f"schemas.dir: {v}" for v in exc.violations]) from None
     bind_routes(config, types, path)
+    problems = settings_problems(config.backend, types)
+    if problems:
+        raise ConfigError(path, problems)
     return config, types
 
 

@@ -19,6 +19,7 @@ from bson import ObjectId
 
 from connector.backends import Outcome
 from connector.backends.mongodb import MongoBackend
+from connector.backends.mongodb_timeseries import delete_op, repeated
 from connector.config import MongoBackendConfig
 from connector.errors import FatalBackendError, RetryableError
 from connector.records import MappedObject, SourceRecord
@@ -351,6 +352,34 @@ async def test_time_series_collections_are_looked_up_before_inserting(
         str(uid(2)): 1.5,
         str(uid(3)): 1.5,
     }
+    # Inserted into a time-series collection: tagged with its coordinates and write id.
+    tag = raw_documents(store, "Measurement")[2]["_kafka"]
+    assert {k: tag[k] for k in ("topic", "partition", "offset")} == {
+        "topic": "m",
+        "partition": 0,
+        "offset": 4,
+    }
+    assert isinstance(tag["write"], ObjectId)
+    # A re-applied batch is a duplicate: the tag does not take part in the comparison.
+    assert outcomes(await backend.ingest([measurement(3, 4)])) == [Outcome.DUPLICATE]
+
+
+async def test_a_surplus_copy_is_deleted_by_its_write_id_only(
+    backend: MongoBackend, store: MongoUnderTest
+) -> None:
+    """FerretDB keeps _id unique, so two copies of one object cannot be stored to show the
+    clean-up end to end (tests/test_mongodb_offline.py checks which copy stays). What the
+    server can show: the copy count query, and that a delete by write id removes exactly
+    that copy, not another copy of the object."""
+    backend._timeseries.add("Measurement")
+    await backend.ingest([measurement(1, 0), measurement(2, 1)])
+    assert await repeated(backend._collection("Measurement"), [uid(1), uid(2)]) == {}
+    [first, second] = raw_documents(store, "Measurement")
+    other = {**first, "_kafka": {**first["_kafka"], "write": ObjectId()}}
+    assert await backend._write_ops("Measurement", "delete", [delete_op(other)], [0]) == {}
+    assert len(raw_documents(store, "Measurement")) == 2
+    assert await backend._write_ops("Measurement", "delete", [delete_op(first)], [0]) == {}
+    assert raw_documents(store, "Measurement") == [second]
 
 
 async def test_duplicate_in_another_unique_index_is_rejected_not_a_conflict(
@@ -538,19 +567,53 @@ async def test_outage_raises_retryable_and_the_retry_works(
     assert sorted(store.ids("Measurement")) == [str(uid(1)), str(uid(2))]
 
 
-async def test_unreachable_server_is_retryable_at_open() -> None:
+async def test_nothing_listening_is_retryable_at_open_within_the_default_timeout() -> None:
+    """The pipeline retries open() like a write: it must raise, soon, and may be called
+    again (no client left behind)."""
     b = MongoBackend(
-        MongoBackendConfig(
-            type="mongodb",
-            uri=f"mongodb://127.0.0.1:{free_port()}/",
-            database="x",
-            server_selection_timeout_ms=200,
-        ),
+        MongoBackendConfig(type="mongodb", uri=f"mongodb://127.0.0.1:{free_port()}/", database="x"),
         TYPES,
     )
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(RetryableError, match=r"^MongoDB unavailable while connecting: "):
+            await b.open()
+        assert time.monotonic() - started < 8  # server_selection_timeout_ms: 5 s by default
     with pytest.raises(RetryableError, match=r"^MongoDB unavailable while connecting: "):
-        await b.open()
+        await b.check()
     await b.close()
+
+
+async def test_open_after_a_failed_open_works(mongo_server: Any, store: MongoUnderTest) -> None:
+    b = MongoBackend(config(mongo_server, store.database), TYPES)
+    try:
+        with mongo_server.outage(), pytest.raises(RetryableError):
+            await b.open()
+        await b.open()
+        assert outcomes(await b.ingest([measurement(1, 0)])) == [Outcome.INSERTED]
+    finally:
+        await b.close()
+
+
+def databases(store: MongoUnderTest) -> list[str]:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(store.server.uri)
+    try:
+        return client.list_database_names()
+    finally:
+        client.close()
+
+
+async def test_check_creates_nothing(mongo_server: Any, store: MongoUnderTest) -> None:
+    b = MongoBackend(config(mongo_server, store.database), TYPES)
+    try:
+        description = await b.check()
+    finally:
+        await b.close()
+    assert description.endswith(
+        "collections present: none; created on first write: AppEvent, Customer, Measurement, "
+        "Sensor, invoices"
+    )
+    assert store.database not in databases(store)
 
 
 async def test_timeseries_is_refused_by_ferretdb_at_open(
@@ -564,14 +627,18 @@ async def test_timeseries_is_refused_by_ferretdb_at_open(
         ),
         TYPES,
     )
-    with pytest.raises(FatalBackendError) as info:
-        await b.open()
-    assert str(info.value).startswith(
+    ferretdb = f"FerretDB {mongo_server.ferretdb_version}"
+    message = (
         f"backend.timeseries.Measurement: the server (MongoDB {mongo_server.version} "
-        f"(FerretDB {mongo_server.ferretdb_version})) does not support time-series collections ("
+        f"({ferretdb})) has no time-series collections ({ferretdb} does not implement them); "
+        "remove backend.timeseries, or use MongoDB 7.0 or later"
     )
-    assert str(info.value).endswith("); remove backend.timeseries or use MongoDB 5.0 or later")
+    for step in (b.check, b.open):
+        with pytest.raises(FatalBackendError) as info:
+            await step()
+        assert str(info.value) == message
     await b.close()
+    assert store.database not in databases(store)
 
 
 async def test_decimal128_is_refused_on_ferretdb_at_open(

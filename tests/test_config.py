@@ -103,7 +103,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
 def test_unknown_key_inside_backend(tmp_path: Path) -> None:
     text = GOOD.replace("  path: ${DB_PATH}\n", "  path: a.db\n  file: b.db\n")
     assert errors_of(tmp_path, text) == [
-        "backend.file: unknown key; allowed keys here: type, path, synchronous"
+        "backend.file: unknown key; allowed keys here: type, path, synchronous, busy_timeout_ms"
     ]
 
 
@@ -276,7 +276,7 @@ def test_postgres_and_mongodb_sections(tmp_path: Path) -> None:
         "  type: postgres\n  dsn: postgresql://u@db/ingest\n  schema: ingest\n  pool: {max_size: 8}\n  tls: {mode: require}\n  colour: red\n",
     )
     assert errors_of(tmp_path, pg) == [
-        "backend.colour: unknown key; allowed keys here: type, dsn, schema, pool, create_tables, tls, command_timeout_ms"
+        "backend.colour: unknown key; allowed keys here: type, dsn, schema, pool, create_tables, tls, command_timeout_ms, connect_timeout_ms"
     ]
     config = load_config(write(tmp_path, pg.replace("  colour: red\n", "")))
     assert (config.backend.db_schema, config.backend.pool.max_size, config.backend.tls.mode) == (

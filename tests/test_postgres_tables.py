@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from connector.backends.postgres_tables import ExistingColumn, derive_table, plan_changes
+from connector.backends.postgres_tables import (
+    ExistingColumn,
+    derive_table,
+    plan_changes,
+    table_problems,
+)
 from connector.schemas import load_object_types
 from tests.fakes import TYPES
 
@@ -184,3 +189,83 @@ def test_a_foreign_table_is_refused(tmp_path: Path) -> None:
         "table s.Thing (Thing): bookkeeping column _topic (text) is missing or of another type; "
         "this table was not created by data-ingest: point backend.schema elsewhere"
     )
+
+
+# -- standard types: tombstone markers and the reader view -------------------------------------
+
+
+def test_a_standard_table_holds_markers_and_has_a_live_view() -> None:
+    table = derive_table(TYPES.get("Sensor"), "ingest")
+    assert table.create_statements() == [
+        'CREATE TABLE IF NOT EXISTS "ingest"."Sensor" ("_id" text NOT NULL, "name" text, '
+        '"unit" text, "location" jsonb, "installed_on" date, "_topic" text NOT NULL, '
+        '"_partition" integer NOT NULL, "_offset" bigint NOT NULL, '
+        '"_deleted" boolean NOT NULL DEFAULT false, PRIMARY KEY (_id))',
+        'CREATE OR REPLACE VIEW "ingest"."Sensor_live" AS SELECT * FROM "ingest"."Sensor" '
+        'WHERE NOT "_deleted"',
+    ]
+
+
+def sensor_columns(**extra: tuple[str, bool]) -> dict[str, ExistingColumn]:
+    return existing(
+        _id=("text", False),
+        name=("text", False),
+        unit=("text", False),
+        location=("jsonb", True),
+        installed_on=("date", True),
+        **extra,
+    )
+
+
+def test_a_standard_table_from_before_markers_is_migrated() -> None:
+    table = derive_table(TYPES.get("Sensor"), "s")
+    statements, problems = plan_changes(table, sensor_columns(), has_view=False)
+    assert problems == []
+    assert statements == [
+        'ALTER TABLE "s"."Sensor" ADD COLUMN "_deleted" boolean NOT NULL DEFAULT false',
+        'ALTER TABLE "s"."Sensor" ALTER COLUMN "name" DROP NOT NULL',
+        'ALTER TABLE "s"."Sensor" ALTER COLUMN "unit" DROP NOT NULL',
+        'CREATE OR REPLACE VIEW "s"."Sensor_live" AS SELECT * FROM "s"."Sensor" '
+        'WHERE NOT "_deleted"',
+    ]
+
+
+def test_a_current_standard_table_needs_nothing_but_a_missing_view() -> None:
+    table = derive_table(TYPES.get("Sensor"), "s")
+    current = existing(
+        _id=("text", False),
+        name=("text", True),
+        unit=("text", True),
+        location=("jsonb", True),
+        installed_on=("date", True),
+        _deleted=("boolean", False),
+    )
+    assert plan_changes(table, current, has_view=True) == ([], [])
+    assert plan_changes(table, current, has_view=False)[0] == [table.view_statement()]
+
+
+def test_fields_named_like_bookkeeping_columns_are_refused(tmp_path: Path) -> None:
+    types = types_of(tmp_path, {"name": "_offset", "type": "long"})
+    with pytest.raises(ValueError) as info:
+        derive_table(types.get("Thing"), "s")
+    assert str(info.value) == (
+        f"{tmp_path / 'Thing.avsc'}: Thing._offset: the PostgreSQL backend keeps its own column "
+        "_offset in this table; rename the field"
+    )
+    (tmp_path / "Sensor.avsc").write_text(
+        json.dumps(
+            {
+                "type": "record",
+                "name": "Sensor",
+                "objectType": "standard",
+                "collection": "s" * 59,
+                "fields": [{"name": "_id", "type": "string"}, {"name": "_deleted", "type": "int"}],
+            }
+        )
+    )
+    problems = table_problems(load_object_types(tmp_path), "s")
+    assert problems == [
+        f"backend: Sensor: name '{'s' * 59}_live' is longer than 63 bytes",
+        f"backend: {tmp_path / 'Thing.avsc'}: Thing._offset: the PostgreSQL backend keeps its "
+        "own column _offset in this table; rename the field",
+    ]

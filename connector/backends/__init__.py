@@ -1,11 +1,43 @@
 """The Backend stage: durable, idempotent writes with one outcome per object.
 
-Contract (DESIGN.md): ``ingest(batch)`` returns one ``ObjectResult`` per object, in batch
-order, and everything it reports is durable when it returns. A transient failure raises
-``RetryableError`` and nothing of the batch may be counted as acked. Asymmetric objects are
-only inserted (R8): a re-delivery with the same document is a duplicate, a different
-document under a stored ``_id`` is a conflict and is never written (R9). Standard objects
-are upserted by ``_id`` (the latest offset of a partition wins) and deleted by tombstones.
+Contract (DESIGN.md), the same for every backend:
+
+* ``open()`` connects and prepares storage (tables, views, collections). A server that is
+  unreachable (refused, timed out, restarting) raises ``RetryableError`` within a bounded
+  time, so the pipeline retries it like a write; ``open()`` may be called again after it
+  raised, nothing leaks. Misconfiguration and refused authentication raise
+  ``FatalBackendError``.
+* ``check()`` (``data-ingest validate``) connects and inspects, read-only: it creates and
+  changes nothing, not even a missing file.
+* ``ingest(batch)`` returns one ``ObjectResult`` per object, in batch order, and everything
+  it reports is durable when it returns. A transient failure raises ``RetryableError``:
+  nothing of the batch counts as acked, although part of it may have been written.
+  Re-applying the same batch (after a partial write, a crash, or on a redelivery) is
+  idempotent: it reaches the same final state as a single application, so retrying is
+  always safe. What a re-application reports for an object that an earlier attempt wrote
+  is its outcome against that stored state (``duplicate`` for asymmetric objects).
+
+Outcomes:
+
+* ``inserted``: the asymmetric object is stored (R8: insert only).
+* ``duplicate``: an identical document is already stored under its ``_id`` (an earlier
+  delivery, an earlier attempt of this batch, or an earlier object of the batch); nothing
+  was written (R9).
+* ``conflict``: a different document is stored under its ``_id``; this one was not written,
+  the first write wins (R9).
+* ``rejected``: the backend cannot store this object (the reason says why); the rest of the
+  batch is written regardless.
+* ``upserted``: the standard object's document is stored under its ``_id``, unless the
+  stored state (a document or a tombstone marker) comes from a later offset of the same
+  topic partition; then nothing changes: the latest offset of a partition wins. Writes from
+  another partition are not ordered against it and replace it.
+* ``deleted``: a tombstone replaced the standard object by a **tombstone marker**: a
+  deleted flag plus the tombstone's topic, partition and offset, under the same rule. The
+  marker makes the object gone for readers (the ``<table>_live`` views of the SQL backends;
+  the filter ``{"_deleted": {"$ne": true}}`` in MongoDB), and an upsert of the same
+  partition with an offset lower than or equal to the marker's (a replay, a stale
+  in-flight batch) cannot bring it back; a later upsert does. Markers are kept until an
+  operator purges them (README, "Tombstone markers").
 """
 
 from __future__ import annotations
@@ -21,6 +53,9 @@ if TYPE_CHECKING:
     from connector.config import BackendConfig
     from connector.schemas import ObjectTypes
 
+#: The name of the reader view that hides tombstone markers (SQL backends): ``Sensor_live``.
+LIVE_VIEW_SUFFIX = "_live"
+
 
 class Outcome(StrEnum):
     """What the backend did with one object."""
@@ -29,8 +64,8 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
-    UPSERTED = "upserted"  # standard objects: written (new or replaced)
-    DELETED = "deleted"  # standard objects: a tombstone removed it (or it was absent)
+    UPSERTED = "upserted"  # standard objects: stored, or superseded by a later offset
+    DELETED = "deleted"  # standard objects: a tombstone marker replaced it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +85,13 @@ def conflict(type_name: str, key: object, fields: list[str]) -> ObjectResult:
     )
 
 
+def is_older(obj: MappedObject, than: MappedObject) -> bool:
+    """True when ``obj`` is an earlier offset of the same partition as ``than``: of two
+    writes of one standard ``_id`` in a batch, the later one wins unless it is that."""
+    a, b = obj.record, than.record
+    return a.topic == b.topic and a.partition == b.partition and a.offset < b.offset
+
+
 INSERTED = ObjectResult(Outcome.INSERTED)
 DUPLICATE = ObjectResult(Outcome.DUPLICATE)
 UPSERTED = ObjectResult(Outcome.UPSERTED)
@@ -61,19 +103,38 @@ class Backend(ABC):
 
     @abstractmethod
     async def open(self) -> None:
-        """Connect and prepare storage; raises on misconfiguration."""
+        """Connect and prepare storage; see the module docstring for the errors."""
 
     @abstractmethod
     async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
-        """Write a batch durably; one result per object in order."""
+        """Write a batch durably and idempotently; one result per object in order."""
 
     @abstractmethod
     async def check(self) -> str:
-        """Connectivity check for ``validate``; returns a one-line description."""
+        """Read-only connectivity check for ``validate``; returns a one-line description."""
 
     @abstractmethod
     async def close(self) -> None:
         """Release connections."""
+
+
+def settings_problems(config: BackendConfig, types: ObjectTypes) -> list[str]:
+    """What in the backend section contradicts the object types, one line each.
+
+    Needs no server, so the CLI reports these with the other configuration errors, before
+    anything is opened or consumed.
+    """
+    from connector.config import MongoBackendConfig, PostgresBackendConfig
+
+    if isinstance(config, PostgresBackendConfig):
+        from connector.backends.postgres_tables import table_problems
+
+        return table_problems(types, config.db_schema)
+    if isinstance(config, MongoBackendConfig):
+        from connector.backends.mongodb_settings import settings_problems as mongodb_problems
+
+        return mongodb_problems(config, types)
+    return []
 
 
 def create_backend(config: BackendConfig, types: ObjectTypes) -> Backend:

@@ -16,6 +16,11 @@ links as the targets' ``_id`` values) with every logical type in its natural BSO
 ``BsonConverter.document`` returns the document in exactly the form the client decodes it back
 to with ``CODEC_OPTIONS``, so "identical" (R9) is Python equality of the stored and the converted
 document, except that NaN equals NaN (``same_value``). Key order does not matter.
+
+Two fields belong to the backend, not to the object type: ``_kafka`` (the coordinates
+``{topic, partition, offset}`` of the write, in standard objects and in time-series
+documents, which add the ``write`` id of their insert) and ``_deleted`` (true in the
+tombstone marker that replaces a deleted standard object).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
 DecimalMode = Literal["decimal128", "string"]
+
+#: The Kafka coordinates of the write that stored a standard object or time-series document.
+KAFKA_FIELD = "_kafka"
+#: True in the tombstone marker of a deleted standard object.
+DELETED_FIELD = "_deleted"
 
 #: How the backend encodes and decodes: UUIDs as binary subtype 4, dates as aware UTC.
 CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(

@@ -6,14 +6,18 @@ then
 * asymmetric types: ``INSERT ... SELECT ... ON CONFLICT (_id) DO NOTHING RETURNING _id``;
   the staged rows that were not inserted are compared with the stored ones column by
   column, which tells a duplicate (identical) from a conflict (never overwritten);
-* standard types: the last operation per ``_id`` of the batch is applied: an upsert that
-  never replaces a newer offset of the same partition, or a delete.
+* standard types: the last operation per ``_id`` of the batch is applied with
+  ``INSERT ... ON CONFLICT (_id) DO UPDATE ... WHERE`` the stored row is not from a later
+  offset of the same partition: an upsert, or a tombstone marker (``_deleted``, every field
+  NULL). The conflict clause locks the row and re-checks the condition against its latest
+  version, so concurrent writers of one ``_id`` (a stale group member) cannot undo a
+  tombstone.
 
-Everything commits together, so a batch reported as ingested is durable. Connection
-failures, server restarts, serialization failures and a full disk raise ``RetryableError``;
-a value PostgreSQL refuses (e.g. a NUL character in text) makes that object ``rejected``
-after the batch is retried one object at a time, so one bad object never holds back the
-others.
+Everything commits together, so a batch reported as ingested is durable, and a retried
+batch reaches the same state. Connection failures, server restarts, serialization failures
+and a full disk raise ``RetryableError``, at ``open()`` too; a value PostgreSQL refuses
+(e.g. a NUL character in text) makes that object ``rejected`` after the batch is retried
+one object at a time, so one bad object never holds back the others.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ from connector.backends import (
     ObjectResult,
     Outcome,
     conflict,
+    is_older,
 )
 from connector.backends.postgres_tables import (
+    ADD_DELETED,
     COORDINATES,
+    DELETED_COLUMN,
     ExistingColumn,
     Table,
     derive_table,
@@ -45,7 +52,7 @@ from connector.backends.postgres_tables import (
     quote,
 )
 from connector.config import PostgresBackendConfig, TlsConfig
-from connector.errors import FatalBackendError, RetryableError
+from connector.errors import ConnectorError, FatalBackendError, RetryableError
 from connector.records import MappedObject
 from connector.schemas import ObjectTypes
 
@@ -75,9 +82,13 @@ def tls_setting(tls: TlsConfig | None) -> Any:
     return context
 
 
+def _sqlstate_class(exc: BaseException) -> str:
+    return str(getattr(exc, "sqlstate", "") or "")[:2]
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
-        return str(getattr(exc, "sqlstate", "") or "")[:2] in RETRYABLE_CLASSES
+        return _sqlstate_class(exc) in RETRYABLE_CLASSES
     return isinstance(
         exc,
         OSError | asyncio.TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError,
@@ -85,10 +96,32 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _data_error(exc: BaseException) -> bool:
-    return (
-        isinstance(exc, asyncpg.PostgresError)
-        and str(getattr(exc, "sqlstate", "") or "")[:2] in DATA_CLASSES
+    return isinstance(exc, asyncpg.PostgresError) and _sqlstate_class(exc) in DATA_CLASSES
+
+
+def _connect_error(exc: Exception, doing: str) -> ConnectorError:
+    """The error of a failed connect or start-up: unreachable is retryable, the rest fatal."""
+    cause = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLError):  # an OSError, but a retry cannot fix a certificate
+        return FatalBackendError(
+            f"backend.tls: TLS with PostgreSQL failed while {doing}: {cause}; check "
+            "backend.tls (mode, ca_file) against the server's certificate"
+        )
+    unreachable = (
+        OSError,  # refused, reset, no route, timed out
+        asyncpg.PostgresConnectionError,
+        asyncpg.ConnectionDoesNotExistError,
     )
+    if isinstance(exc, unreachable) or _sqlstate_class(exc) in RETRYABLE_CLASSES:
+        return RetryableError(f"PostgreSQL unavailable while {doing}: {cause}")
+    if _sqlstate_class(exc) == "28":
+        return FatalBackendError(
+            f"backend.dsn: PostgreSQL refused the login: {exc}; check the user and password "
+            "in the DSN and the server's pg_hba.conf"
+        )
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return FatalBackendError(f"backend.dsn: {exc}; create the database or fix the DSN")
+    return FatalBackendError(f"backend: PostgreSQL refused {doing}: {cause}")
 
 
 class _Statements:
@@ -97,6 +130,8 @@ class _Statements:
     def __init__(self, table: Table) -> None:
         self.table = table
         names = [c.name for c in table.columns] + [name for name, _ in COORDINATES]
+        if table.standard:
+            names.append(DELETED_COLUMN)
         self.columns = names
         cols = ", ".join(quote(n) for n in names)
         target = table.qualified
@@ -122,17 +157,12 @@ class _Statements:
             f"FROM {self.stage} s JOIN {target} t USING (_id) ORDER BY s._seq"
         )
         updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names if n != "_id")
+        # Upserts and tombstone markers alike; the latest offset of a partition wins.
         self.upsert = (
             f"INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {self.stage} "
             f"ON CONFLICT (_id) DO UPDATE SET {updates} WHERE NOT (t._topic = EXCLUDED._topic "
-            "AND t._partition = EXCLUDED._partition AND t._offset > EXCLUDED._offset)"
-        )
-        id_type = table.id_column.sql_type
-        self.delete = (
-            f"DELETE FROM {target} AS t USING (SELECT * FROM unnest($1::{id_type}[], "
-            "$2::text[], $3::integer[], $4::bigint[]) AS d(_id, _topic, _partition, _offset)) d "
-            "WHERE t._id = d._id AND NOT (t._topic = d._topic AND t._partition = d._partition "
-            "AND t._offset > d._offset)"
+            "AND t._partition = EXCLUDED._partition AND (t._offset > EXCLUDED._offset "
+            f"OR (t._offset = EXCLUDED._offset AND t.{DELETED_COLUMN})))"
         )
         self._names = [c.name for c in table.columns]
         self._pick = operator.itemgetter(*self._names)
@@ -159,12 +189,28 @@ class _Statements:
         for i, convert in self._converted:
             values[i] = convert(values[i])
         record = obj.record
-        values += (record.topic, record.partition, record.offset, seq)
+        values += (record.topic, record.partition, record.offset)
+        if self.table.standard:
+            values.append(obj.tombstone)
+        values.append(seq)
         return tuple(values)
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _describe(table: Table, changes: list[str]) -> str:
+    """What ``open()`` will do to an existing table, for ``check()``."""
+    notes = []
+    added = [s for s in changes if "ADD COLUMN" in s and ADD_DELETED not in s]
+    if added:
+        notes.append(f"{len(added)} column(s) to add")
+    if any(ADD_DELETED in s for s in changes):
+        notes.append(f"to migrate for tombstone markers ({DELETED_COLUMN}, view {table.view})")
+    elif not added and table.view_statement() in changes:
+        notes.append(f"view {table.view} to create")
+    return ", ".join(notes) or "OK"
 
 
 class PostgresBackend(Backend):
@@ -175,7 +221,6 @@ class PostgresBackend(Backend):
         self._types = types
         self._pool: asyncpg.Pool | None = None
         self._statements: dict[str, _Statements] = {}
-        self._server = ""
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -188,11 +233,10 @@ class PostgresBackend(Backend):
                 max_size=config.pool.max_size,
                 ssl=tls_setting(config.tls),
                 command_timeout=config.command_timeout_ms / 1000,
+                timeout=config.connect_timeout_ms / 1000,
             )
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise FatalBackendError(
-                f"backend.dsn: cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
-            ) from exc
+        except Exception as exc:
+            raise _connect_error(exc, "connecting") from exc
         assert pool is not None
         return pool
 
@@ -216,6 +260,14 @@ class PostgresBackend(Backend):
             "WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped",
             schema,
         )
+        views = {
+            row["relname"]
+            for row in await conn.fetch(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relkind = 'v'",
+                schema,
+            )
+        }
         existing: dict[str, dict[str, ExistingColumn]] = defaultdict(dict)
         for row in rows:
             existing[row["table"]][row["column"]] = ExistingColumn(row["type"], row["nullable"])
@@ -239,20 +291,20 @@ class PostgresBackend(Backend):
                 statements += table.create_statements()
                 summary.append(f"{table.name}: to create")
                 continue
-            changes, found = plan_changes(table, current)
+            changes, found = plan_changes(table, current, table.view in views)
             statements += changes
             problems += found
-            added = [s for s in changes if "ADD COLUMN" in s]
-            summary.append(
-                f"{table.name}: " + (f"{len(added)} column(s) to add" if added else "OK")
-            )
+            summary.append(f"{table.name}: {_describe(table, changes)}")
         return statements, problems, summary
 
     async def open(self) -> None:
-        self._pool = await self._connect()
-        async with self._pool.acquire() as conn:
-            self._server = str(await conn.fetchval("SHOW server_version"))
-            async with conn.transaction():
+        """Connect, then create or evolve the tables under a per-schema lock."""
+        if self._pool is not None:
+            return
+        statements = {t.object_type.name: _Statements(t) for t in self._tables()}
+        pool = await self._connect()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
                 # One start-up at a time per schema: replicas starting together must not
                 # race on CREATE/ALTER.
                 await conn.execute(
@@ -263,20 +315,31 @@ class PostgresBackend(Backend):
                     await conn.execute(
                         f"CREATE SCHEMA IF NOT EXISTS {quote(self._config.db_schema)}"
                     )
-                statements, problems, _ = await self._plan(conn)
+                planned, problems, _ = await self._plan(conn)
                 if problems:
                     raise FatalBackendError("\n".join(problems))
-                for statement in statements:
+                for statement in planned:
                     await conn.execute(statement)
-        for table in self._tables():
-            self._statements[table.object_type.name] = _Statements(table)
+        except BaseException as exc:
+            pool.terminate()  # open() may be called again: nothing may stay behind
+            if isinstance(exc, Exception) and not isinstance(exc, ConnectorError):
+                raise _connect_error(exc, "preparing the tables") from exc
+            raise
+        self._pool, self._statements = pool, statements
 
     async def check(self) -> str:
-        self._pool = await self._connect()
-        async with self._pool.acquire() as conn:
-            version = await conn.fetchval("SHOW server_version")
-            database = await conn.fetchval("SELECT current_database()")
-            _, problems, summary = await self._plan(conn)
+        """Describe the server and what ``open()`` would change, changing nothing."""
+        self._tables()
+        pool = await self._connect()
+        try:
+            async with pool.acquire() as conn:
+                version = await conn.fetchval("SHOW server_version")
+                database = await conn.fetchval("SELECT current_database()")
+                _, problems, summary = await self._plan(conn)
+        except Exception as exc:
+            raise _connect_error(exc, "checking the tables") from exc
+        finally:
+            pool.terminate()
         if problems:
             raise FatalBackendError("\n".join(problems))
         return (
@@ -323,7 +386,7 @@ class PostgresBackend(Backend):
 
     async def _write(self, objects: list[MappedObject]) -> list[ObjectResult]:
         assert self._pool is not None
-        results: list[ObjectResult | None] = [None] * len(objects)
+        results: dict[int, ObjectResult] = {}
         groups: dict[str, list[int]] = defaultdict(list)
         for i, obj in enumerate(objects):
             groups[obj.object_type.name].append(i)
@@ -335,8 +398,7 @@ class PostgresBackend(Backend):
                     await self._insert(conn, statements, objects, indexes, results)
                 else:
                     await self._apply_standard(conn, statements, objects, indexes, results)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(objects))]
 
     async def _insert(
         self,
@@ -344,26 +406,38 @@ class PostgresBackend(Backend):
         statements: _Statements,
         objects: list[MappedObject],
         indexes: list[int],
-        results: list[ObjectResult | None],
+        results: dict[int, ObjectResult],
     ) -> None:
-        rows = await statements.stage_rows(conn, [objects[i] for i in indexes])
+        name = statements.table.object_type.name
+        writable = []
+        for i in indexes:
+            if objects[i].tombstone:
+                results[i] = ObjectResult(
+                    Outcome.REJECTED,
+                    f"a tombstone cannot delete the asymmetric type {name}; its objects are "
+                    "insert-only (R8)",
+                )
+            else:
+                writable.append(i)
+        if not writable:
+            return
+        rows = await statements.stage_rows(conn, [objects[i] for i in writable])
         status = await conn.execute(statements.insert)
         if int(status.split()[-1]) == len(rows):
-            for i in indexes:
+            for i in writable:
                 results[i] = INSERTED
             return
-        name = statements.table.object_type.name
         claimed: set[str] = set()
         for row in await conn.fetch(statements.compare):
             seq = row["_seq"]
             key = str(rows[seq][0])
             if row["mine"] and key not in claimed:
                 claimed.add(key)
-                results[indexes[seq]] = INSERTED
+                results[writable[seq]] = INSERTED
             elif row["differs"]:
-                results[indexes[seq]] = conflict(name, key, list(row["differs"]))
+                results[writable[seq]] = conflict(name, key, list(row["differs"]))
             else:
-                results[indexes[seq]] = DUPLICATE
+                results[writable[seq]] = DUPLICATE
 
     async def _apply_standard(
         self,
@@ -371,24 +445,17 @@ class PostgresBackend(Backend):
         statements: _Statements,
         objects: list[MappedObject],
         indexes: list[int],
-        results: list[ObjectResult | None],
+        results: dict[int, ObjectResult],
     ) -> None:
-        last: dict[str, int] = {}
+        """Upsert or mark deleted the last write per ``_id`` (one statement for all)."""
+        winners: dict[str, int] = {}
         for i in indexes:
-            last[str(objects[i].object_id)] = i  # later operations on an _id replace earlier
+            key = str(objects[i].object_id)
+            current = winners.get(key)
+            # A later write of the batch replaces an earlier one, unless it replays an older
+            # offset of the same partition.
+            if current is None or not is_older(objects[i], objects[current]):
+                winners[key] = i
             results[i] = DELETED if objects[i].tombstone else UPSERTED
-        upserts = [i for i in last.values() if not objects[i].tombstone]
-        deletes = [i for i in last.values() if objects[i].tombstone]
-        if upserts:
-            await statements.stage_rows(conn, [objects[i] for i in upserts])
-            await conn.execute(statements.upsert)
-        if deletes:
-            id_convert = statements.table.id_column.convert
-            ids = [objects[i].object_id for i in deletes]
-            await conn.execute(
-                statements.delete,
-                [id_convert(v) for v in ids] if id_convert else ids,
-                [objects[i].record.topic for i in deletes],
-                [objects[i].record.partition for i in deletes],
-                [objects[i].record.offset for i in deletes],
-            )
+        await statements.stage_rows(conn, [objects[i] for i in winners.values()])
+        await conn.execute(statements.upsert)

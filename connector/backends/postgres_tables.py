@@ -6,6 +6,10 @@ as arrays, links as a column of the target's key type with an index. Three bookk
 columns record the Kafka coordinates of the write (``_topic``, ``_partition``,
 ``_offset``), which also decide "latest offset wins" for standard objects.
 
+Tables of standard types have a fourth, ``_deleted``: a tombstone replaces the row by a
+marker (``_deleted`` true, every field NULL, the tombstone's coordinates), so their field
+columns are nullable. The view ``<table>_live`` shows the live rows only; readers query it.
+
 Type names are written in ``format_type()`` spelling so that a derived table compares
 directly with the catalog of an existing one. Written by hand: no library maps Avro
 schemas onto PostgreSQL DDL with these rules.
@@ -17,11 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from connector.backends import LIVE_VIEW_SUFFIX
 from connector.documents import canonical_json
-from connector.schemas import ObjectType
+from connector.schemas import ObjectType, ObjectTypes
 
 MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently
 COORDINATES = (("_topic", "text"), ("_partition", "integer"), ("_offset", "bigint"))
+#: The tombstone marker flag of standard tables.
+DELETED_COLUMN = "_deleted"
+ADD_DELETED = f'ADD COLUMN "{DELETED_COLUMN}" boolean NOT NULL DEFAULT false'
 
 _PRIMITIVE = {
     "boolean": "boolean",
@@ -68,9 +76,8 @@ class Column:
     index: str | None  # "btree" | "gin" for link columns
     convert: Callable[[Any], Any] | None  # None: the mapped value is passed as is
 
-    def definition(self) -> str:
-        null = "" if self.nullable else " NOT NULL"
-        return f"{quote(self.name)} {self.sql_type}{null}"
+    def definition(self, not_null: bool) -> str:
+        return f"{quote(self.name)} {self.sql_type}{' NOT NULL' if not_null else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +97,37 @@ class Table:
     def id_column(self) -> Column:
         return self.columns[0]
 
+    @property
+    def standard(self) -> bool:
+        """Standard types keep tombstone markers in their table."""
+        return not self.object_type.asymmetric
+
+    def not_null(self, column: Column) -> bool:
+        """NOT NULL in the table: a marker row of a standard type has only its ``_id``."""
+        return not column.nullable and (column is self.id_column or not self.standard)
+
     def create_statements(self) -> list[str]:
-        parts = [c.definition() for c in self.columns]
+        parts = [c.definition(self.not_null(c)) for c in self.columns]
         parts += [f"{quote(name)} {sql} NOT NULL" for name, sql in COORDINATES]
+        if self.standard:
+            parts.append(ADD_DELETED.removeprefix("ADD COLUMN "))
         parts.append("PRIMARY KEY (_id)")
         statements = [f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(parts)})"]
-        return statements + self.index_statements()
+        statements += self.index_statements()
+        return statements + ([self.view_statement()] if self.standard else [])
+
+    @property
+    def view(self) -> str:
+        """The name of the reader view of a standard table."""
+        return self.name + LIVE_VIEW_SUFFIX
+
+    def view_statement(self) -> str:
+        """The view without tombstone markers. ``CREATE OR REPLACE`` keeps its grants, and
+        ``*`` picks up columns added later (they come last, as the view requires)."""
+        return (
+            f"CREATE OR REPLACE VIEW {quote(self.schema)}.{quote(self.view)} AS "
+            f"SELECT * FROM {self.qualified} WHERE NOT {quote(DELETED_COLUMN)}"
+        )
 
     def index_statements(self) -> list[str]:
         out = []
@@ -189,17 +221,38 @@ class _Deriver:
 
 
 def derive_table(object_type: ObjectType, schema: str) -> Table:
-    """The table of ``object_type`` in ``schema``; ValueError when a name is too long."""
+    """The table of ``object_type`` in ``schema``; ValueError when a name is too long or a
+    field takes the name of a bookkeeping column."""
     deriver = _Deriver(object_type)
     fields = object_type.schema["fields"]
     columns = [deriver.column(f) for f in fields if f["name"] == "_id"]
     columns += [deriver.column(f) for f in fields if f["name"] != "_id"]
-    for name in [object_type.collection, *(c.name for c in columns)]:
+    table = Table(schema, object_type.collection, object_type, columns)
+    names = [table.name, *(c.name for c in columns)] + ([table.view] if table.standard else [])
+    for name in names:
         if len(name.encode()) > MAX_IDENTIFIER:
             raise ValueError(
                 f"{object_type.name}: name {name!r} is longer than {MAX_IDENTIFIER} bytes"
             )
-    return Table(schema, object_type.collection, object_type, columns)
+    reserved = [name for name, _ in COORDINATES] + ([DELETED_COLUMN] if table.standard else [])
+    for column in columns:
+        if column.name in reserved:
+            raise ValueError(
+                f"{object_type.file}: {object_type.name}.{column.name}: the PostgreSQL backend "
+                f"keeps its own column {column.name} in this table; rename the field"
+            )
+    return table
+
+
+def table_problems(types: ObjectTypes, schema: str) -> list[str]:
+    """Why some object types cannot have a table, one line each (no server needed)."""
+    problems = []
+    for object_type in types:
+        try:
+            derive_table(object_type, schema)
+        except ValueError as exc:
+            problems.append(f"backend: {exc}")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +263,15 @@ class ExistingColumn:
     nullable: bool
 
 
-def plan_changes(table: Table, existing: dict[str, ExistingColumn]) -> tuple[list[str], list[str]]:
+def plan_changes(
+    table: Table, existing: dict[str, ExistingColumn], has_view: bool = True
+) -> tuple[list[str], list[str]]:
     """Statements that bring an existing table up to ``table``, and incompatibilities.
 
-    Additive changes (a new nullable or defaulted field) become ``ADD COLUMN``; anything
-    else is a problem with its fix, and nothing is changed.
+    Additive changes (a new nullable or defaulted field) become ``ADD COLUMN``; a standard
+    table from before tombstone markers gets ``_deleted`` and nullable field columns; the
+    view of a standard table is (re)created after any change or when it is missing
+    (``has_view``). Anything else is a problem with its fix, and nothing is changed.
     """
     statements: list[str] = []
     problems: list[str] = []
@@ -246,13 +303,32 @@ def plan_changes(table: Table, existing: dict[str, ExistingColumn]) -> tuple[lis
                 f"needs {column.sql_type}; migrate it (ALTER TABLE {table.qualified} ALTER "
                 f"COLUMN {quote(column.name)} TYPE {column.sql_type}) or rename the field"
             )
+    if table.standard:
+        found = existing.get(DELETED_COLUMN)
+        if found is None:
+            statements.append(f"ALTER TABLE {table.qualified} {ADD_DELETED}")
+        elif found.sql_type != "boolean":
+            problems.append(
+                f"{where}: bookkeeping column {DELETED_COLUMN} is {found.sql_type}, not boolean; "
+                "this table was not created by data-ingest: point backend.schema elsewhere"
+            )
     for name, found in existing.items():
-        if name not in expected and name not in expected_coordinates and not found.nullable:
+        if name in expected_coordinates or name == DELETED_COLUMN or found.nullable:
+            continue
+        if table.standard and name != table.id_column.name:
+            statements.append(
+                f"ALTER TABLE {table.qualified} ALTER COLUMN {quote(name)} DROP NOT NULL"
+            )
+        elif name not in expected:
             problems.append(
                 f"{where}: column {name} is NOT NULL but the type has no field {name} any more, "
                 f"so inserts would fail; run ALTER TABLE {table.qualified} ALTER COLUMN "
                 f"{quote(name)} DROP NOT NULL"
             )
-    if not problems:
-        statements += table.index_statements()
-    return (statements if not problems else []), problems
+    if problems:
+        return [], problems
+    changed = bool(statements)
+    statements += table.index_statements()
+    if table.standard and (changed or not has_view):
+        statements.append(table.view_statement())
+    return statements, problems
