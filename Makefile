@@ -11,13 +11,14 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format clean
+.PHONY: help venv kafka services quickstart test unit integration lint format soak clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
 	@echo "make test         install what the tests need, lint, run unit and integration tests"
 	@echo "make unit         unit tests only (no services)"
-	@echo "make lint         ruff check and format check"
+	@echo "make lint         ruff check and format check, mypy --strict on connector/"
+	@echo "make soak         bench/chaos.py: >= 100 SIGKILLs and membership changes (minutes)"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
 $(BIN)/.installed: pyproject.toml
@@ -42,6 +43,7 @@ quickstart: venv kafka
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff format .
@@ -57,6 +59,10 @@ integration: venv kafka services
 # collected, so an empty run cannot pass.
 test: venv kafka services lint
 	$(BIN)/python -m pytest -ra tests integration
+
+# Not part of `make test`: it runs for minutes. Prints lost / duplicated / conflicts.
+soak: venv kafka services
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

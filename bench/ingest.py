@@ -13,6 +13,9 @@ each time as a fresh process and a fresh consumer group reading all N records:
   (c) postgres  ... into PostgreSQL
   (d) mongodb   ... into the MongoDB-wire server
 
+Each target runs once per Kafka engine (``--engines``, default both); a target's ratio is to
+the ceiling of the same engine.
+
 For each: records/s over the whole run and steady records/s (after the first record
 arrived, i.e. without process start and joining the group), from the connector's own
 summary; CPU seconds per million records and peak RSS of the connector process (wait4);
@@ -46,7 +49,7 @@ from connector.config import load_config  # noqa: E402
 from connector.pipeline import Pipeline  # noqa: E402
 from connector.records import MappedObject  # noqa: E402
 from connector.schemas import load_object_types  # noqa: E402
-from connector.sources.confluent import ConfluentSource  # noqa: E402
+from connector.sources import create_source  # noqa: E402
 
 DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
 BATCHING = {"max_records": 5000, "max_wait_ms": 200, "max_in_flight_batches": 2}
@@ -73,7 +76,7 @@ def run_ceiling(config_path: str) -> int:
     config = load_config(config_path)
     types = load_object_types(config.schemas.dir)
     pipeline = Pipeline(
-        config, types, ConfluentSource(config.kafka), AckingBackend(), until_caught_up=True
+        config, types, create_source(config.kafka), AckingBackend(), until_caught_up=True
     )
     summary = asyncio.run(pipeline.run())
     print("\n".join(summary.lines()), flush=True)
@@ -138,6 +141,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--skip", default="", help="comma-separated targets to leave out")
+    parser.add_argument(
+        "--engines", default="confluent,aiokafka", help="comma-separated Kafka engines to run"
+    )
     parser.add_argument("--ceiling-child", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ceiling_child:
@@ -178,16 +184,22 @@ def main() -> int:
             },
         }
         results: dict[str, dict[str, Any]] = {}
-        for name, backend in targets.items():
-            if name in skip:
-                continue
-            path = workdir / f"{name}.yaml"
+        runs = [
+            (engine, name, backend)
+            for engine in args.engines.split(",")
+            for name, backend in targets.items()
+            if name not in skip
+        ]
+        for engine, target, backend in runs:
+            name = f"{target}/{engine}"
+            path = workdir / f"{target}-{engine}.yaml"
             path.write_text(
                 yaml.safe_dump(
                     {
                         "kafka": {
                             "bootstrap_servers": broker.bootstrap_servers,
-                            "group_id": f"bench-{name}-{uuid.uuid4().hex[:6]}",
+                            "engine": engine,
+                            "group_id": f"bench-{target}-{engine}-{uuid.uuid4().hex[:6]}",
                         },
                         "schemas": {"dir": str(ROOT / "avro")},
                         "schema_registry": {"url": registry.url},
@@ -197,7 +209,7 @@ def main() -> int:
                     }
                 )
             )
-            if name == "ceiling":
+            if target == "ceiling":
                 command = [sys.executable, __file__, "--ceiling-child", str(path)]
             else:
                 command = [
@@ -210,19 +222,19 @@ def main() -> int:
                     "--until-caught-up",
                 ]
             print(f"running {name} ...", flush=True)
-            results[name] = measure(command, workdir, name)
+            results[name] = measure(command, workdir, name.replace("/", "-"))
     print()
     print(
         f"{args.records:,} Measurement records (Avro, {args.partitions} partitions), batches of "
         f"{BATCHING['max_records']}, one connector process on {os.cpu_count()} cores"
     )
     header = (
-        f"{'target':<10} {'records/s':>10} {'steady/s':>10} {'CPU s / 1M':>11} "
+        f"{'target':<20} {'records/s':>10} {'steady/s':>10} {'CPU s / 1M':>11} "
         f"{'peak RSS MB':>12} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header))
-    base = None
+    ceilings: dict[str, float] = {}
     for name, result in results.items():
         summary, usage = result["summary"], result["usage"]
         records = int(summary["records"])
@@ -232,9 +244,10 @@ def main() -> int:
         steady = records / (elapsed - startup)
         cpu = (usage.ru_utime + usage.ru_stime) / max(records, 1) * 1_000_000
         rss = usage.ru_maxrss / 1024
-        base = base or steady
+        engine = name.split("/")[1]
+        base = ceilings.setdefault(engine, steady)  # each engine's own ceiling comes first
         print(
-            f"{name:<10} {rate:>10,.0f} {steady:>10,.0f} {cpu:>11.1f} {rss:>12.0f} "
+            f"{name:<20} {rate:>10,.0f} {steady:>10,.0f} {cpu:>11.1f} {rss:>12.0f} "
             f"{steady / base:>6.2f}"
         )
         if records != args.records:

@@ -170,7 +170,9 @@ class MongoUnderTest(BackendUnderTest):
             "decimals": "string",
         }
 
-    def _documents(self, collection: str) -> list[dict[str, Any]]:
+    def _documents(
+        self, collection: str, projection: dict[str, int] | None = None
+    ) -> list[dict[str, Any]]:
         import pymongo
 
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
@@ -181,12 +183,13 @@ class MongoUnderTest(BackendUnderTest):
         )
         try:
             # Readers skip the tombstone markers of standard objects.
-            return list(client[self.database][collection].find({"_deleted": {"$ne": True}}))
+            found = client[self.database][collection].find({"_deleted": {"$ne": True}}, projection)
+            return list(found)
         finally:
             client.close()
 
     def ids(self, collection: str) -> list[str]:
-        return [str(doc["_id"]) for doc in self._documents(collection)]
+        return [str(doc["_id"]) for doc in self._documents(collection, {"_id": 1})]
 
     def documents(self, collection: str) -> dict[str, dict[str, Any]]:
         from bson import Decimal128

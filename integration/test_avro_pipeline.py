@@ -218,7 +218,12 @@ def test_several_types_on_one_topic_via_the_schema_registry_and_all_formats(
     assert len(invoices) == 50
     assert invoices[f"{3:024x}"] == as_stored(invoice(3))
     assert invoices[f"{3:024x}"]["total"] == "139.98"
-    assert stored(db, "Sensor") == {
+    # sensor-1 was deleted by a tombstone: readers of the view no longer see it, and its
+    # marker keeps a replay of an older upsert from bringing it back.
+    with sqlite3.connect(db) as conn:
+        markers = conn.execute('SELECT _id FROM "Sensor" WHERE _deleted').fetchall()
+    assert markers == [("sensor-1",)]
+    assert stored(db, "Sensor_live") == {
         "sensor-0": {
             "_id": "sensor-0",
             "name": "boiler (replaced)",

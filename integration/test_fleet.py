@@ -12,22 +12,25 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as CkTopicPartition
-from confluent_kafka.admin import AdminClient
 
-from connector.errors import Coordinates
-from connector.mapping import coordinates_uuid
 from integration.backends import BackendUnderTest
+from integration.fleet import (
+    SHUTDOWN_S,
+    Fleet,
+    assert_not_ahead,
+    derived_id,
+    measurement_without_id,
+    wait_until_group_empty,
+)
 from integration.kafka_broker import create_topic
 from integration.support import (
     BackgroundProducer,
@@ -44,103 +47,6 @@ from integration.support import (
 )
 
 ENGINES = pytest.mark.parametrize("engine", ["confluent", "aiokafka"])
-SHUTDOWN_S = 10.0
-EXIT_MARGIN_S = 8.0  # process start-up and interpreter teardown on a loaded 2-core machine
-
-
-def measurement_without_id(topic: str, partition: int, n: int) -> bytes:
-    """A Measurement with no ``_id``: the connector derives it from the coordinates (R10)."""
-    document = json.loads(measurement(topic, partition, n))
-    del document["_id"]
-    return json.dumps(document).encode()
-
-
-def derived_id(topic: str, partition: int, offset: int) -> str:
-    return str(coordinates_uuid(Coordinates(topic, partition, offset)))
-
-
-class Fleet:
-    """Connector processes of one group, each logging to a file of its own."""
-
-    def __init__(self, config: Path, tmp_path: Path) -> None:
-        self.config = config
-        self.tmp_path = tmp_path
-        self.members: dict[int, subprocess.Popen[str]] = {}
-        self.logs: list[Path] = []
-        self.exit_times: list[float] = []
-
-    def start(self) -> int:
-        key = len(self.logs)
-        log = self.tmp_path / f"member-{key}.log"
-        self.logs.append(log)
-        self.members[key] = start_connector(self.config, log=log)
-        return key
-
-    def sigterm(self, key: int) -> None:
-        """SIGTERM one member; it must exit 0 within the shutdown timeout."""
-        process = self.members.pop(key)
-        started = time.monotonic()
-        kill(process, signal.SIGTERM)
-        try:
-            code = process.wait(SHUTDOWN_S + EXIT_MARGIN_S)
-        except subprocess.TimeoutExpired:
-            kill(process, signal.SIGKILL)
-            process.wait(10)
-            pytest.fail(
-                f"member {key} did not exit within {SHUTDOWN_S + EXIT_MARGIN_S:.0f} s of "
-                f"SIGTERM (shutdown.timeout_ms is {SHUTDOWN_S * 1000:.0f}):\n"
-                + self.logs[key].read_text()[-3000:]
-            )
-        self.exit_times.append(time.monotonic() - started)
-        assert code == 0, f"member {key} exited {code}:\n" + self.logs[key].read_text()[-3000:]
-
-    def sigkill(self, key: int, after_sigterm_s: float | None = None) -> None:
-        """SIGKILL one member; with ``after_sigterm_s``, that long after a SIGTERM, so that
-        the kill lands while it commits on revoke and leaves the group."""
-        process = self.members.pop(key)
-        if after_sigterm_s is not None:
-            kill(process, signal.SIGTERM)
-            time.sleep(after_sigterm_s)
-        kill(process, signal.SIGKILL)
-        process.wait(10)
-
-    def check_alive(self) -> None:
-        for key, process in self.members.items():
-            assert process.poll() is None, (
-                f"member {key} exited {process.returncode}:\n" + self.logs[key].read_text()[-3000:]
-            )
-
-    def stop_all(self) -> None:
-        for key in list(self.members):
-            self.sigterm(key)
-
-    def log_text(self) -> str:
-        return "".join(log.read_text() for log in self.logs if log.exists())
-
-
-def assert_not_ahead(
-    committed: dict[int, int], stored: set[str], id_at: Callable[[int, int], str]
-) -> None:
-    """Every record below a committed offset is stored: nothing committed ahead."""
-    for partition, offset in committed.items():
-        missing = [n for n in range(offset) if id_at(partition, n) not in stored]
-        assert not missing, (
-            f"partition {partition}: committed {offset}, but {len(missing)} records below it "
-            f"are not stored (first: offset {missing[0]})"
-        )
-
-
-def wait_until_group_empty(bootstrap: str, group: str, timeout: float = 60.0) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + timeout
-    while True:
-        description = admin.describe_consumer_groups([group])[group].result(timeout=30)
-        if not description.members:
-            return
-        assert time.monotonic() < deadline, (
-            f"group {group} still has {len(description.members)} members after {timeout:.0f} s"
-        )
-        time.sleep(0.5)
 
 
 def fleet_config(
@@ -192,7 +98,7 @@ def fleet_chaos(
         return measurement_id(topic, partition, n) if with_ids else derived_id(topic, partition, n)
 
     rng = random.Random(seed)
-    producer = BackgroundProducer(bootstrap, topic, partitions, rate_per_s=3000, value=value)
+    producer = BackgroundProducer(bootstrap, topic, partitions, rate_per_s=2000, value=value)
     fleet = Fleet(config, tmp_path)
     producer.start()
     try:

@@ -9,6 +9,7 @@ markers, bounded close) is checked the same way for librdkafka and aiokafka.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -426,3 +427,61 @@ async def test_a_refused_password_names_mechanism_and_servers_not_the_password(
     assert kafka_sasl_broker.bootstrap_servers in message
     assert "authentication" in message.lower()
     assert wrong not in message and kafka_sasl_broker.password not in message
+
+
+async def test_commits_while_a_revoke_commits_cannot_deadlock(
+    kafka_bootstrap: str, engine: str
+) -> None:
+    """Issue 7, defect 1: the periodic commit runs while the revoke callback commits. With
+    confluent_kafka.aio.AIOConsumer(max_workers=2) the two waited for each other forever;
+    every client call must still return, and the revoke's commit must land."""
+    topic = unique("src-deadlock")
+    create_topic(kafka_bootstrap, topic, 2)
+    produce(kafka_bootstrap, topic, [(i % 2, b"v%d" % i) for i in range(20)])
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    group = unique("g")
+
+    class SlowRevoke(EpochListener):
+        async def on_revoked(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+            await asyncio.sleep(1.0)  # a batch still in the backend
+            return await super().on_revoked(partitions)
+
+    first_listener = SlowRevoke(commit_on_revoke={tps[0]: 5, tps[1]: 6})
+    first = create_source(config(kafka_bootstrap, engine, group))
+    await first.start([topic], first_listener)
+    second = create_source(config(kafka_bootstrap, engine, group))
+    stop = asyncio.Event()
+    commits = 0
+
+    async def periodic_commit() -> None:
+        nonlocal commits
+        while not stop.is_set():
+            # Like the pipeline: only what the listener still owns (a commit that races a
+            # revoke and fails is retried by the next one there).
+            owned = {tp: 1 for tp in tps if tp in first_listener.epochs}
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(first.commit(owned), 30)
+                commits += 1
+            await asyncio.sleep(0.01)
+
+    try:
+        await fetch_until([first], lambda r: len(r) >= 20)
+        committer = asyncio.create_task(periodic_commit())
+        second_listener = EpochListener()
+        await second.start([topic], second_listener)
+        await fetch_until(
+            [first, second],
+            lambda _: bool(first_listener.revoked) and len(second_listener.epochs) == 1,
+            timeout=60,
+            what="a revoke while commits run",
+        )
+        stop.set()
+        await asyncio.wait_for(committer, 30)
+        assert commits > 0
+        revoked = first_listener.revoked[0]
+        assert (await second.committed([revoked]))[revoked] == {tps[0]: 5, tps[1]: 6}[revoked]
+    finally:
+        stop.set()
+        started = time.monotonic()
+        await asyncio.gather(first.close(10.0), second.close(10.0))
+        assert time.monotonic() - started < 12

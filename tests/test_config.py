@@ -95,8 +95,8 @@ def test_unset_variable_names_key_and_fix(tmp_path: Path) -> None:
 def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
     text = GOOD.replace("  group_id: ingest\n", "  group_id: ingest\n  grup: x\n")
     assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
-        "kafka.grup: unknown key; allowed keys here: bootstrap_servers, group_id, "
-        "auto_offset_reset, poll_timeout_ms, properties"
+        "kafka.grup: unknown key; allowed keys here: bootstrap_servers, engine, group_id, "
+        "auto_offset_reset, poll_timeout_ms, security, properties"
     ]
 
 
@@ -110,7 +110,7 @@ def test_unknown_key_inside_backend(tmp_path: Path) -> None:
 def test_unknown_top_level_section(tmp_path: Path) -> None:
     assert errors_of(tmp_path, GOOD + "extra: 1\n", {"DB_PATH": "a"}) == [
         "extra: unknown key; allowed keys here: kafka, schemas, schema_registry, routes, "
-        "backend, errors, batching, commit, retry, shutdown"
+        "backend, errors, batching, commit, retry, shutdown, release"
     ]
 
 

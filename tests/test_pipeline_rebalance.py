@@ -13,6 +13,7 @@ import time
 
 from connector.backends import ObjectResult, Outcome
 from connector.config import RouteConfig
+from connector.errors import RetryableError
 from connector.records import MappedObject, SourceRecord, TopicPartition
 from tests.fakes import FakeBackend, FakeSource, measurement
 from tests.test_pipeline import P0, P1, Pipeline, config, logs
@@ -189,3 +190,38 @@ async def test_release_is_refused_on_a_compacted_topic() -> None:
 
 def config_routes(routes: list[dict[str, object]]) -> list[RouteConfig]:
     return [RouteConfig.model_validate(r) for r in routes]
+
+
+async def test_an_unreachable_backend_at_start_up_is_retried() -> None:
+    """Issue 7, defect 7: open() failing with a retryable error is retried with backoff."""
+
+    class LateBackend(FakeBackend):
+        attempts = 0
+
+        async def open(self) -> None:
+            self.attempts += 1
+            if self.attempts < 3:
+                raise RetryableError("connection refused")
+            await super().open()
+
+    source, backend = FakeSource(logs(5)), LateBackend()
+    summary = await asyncio.wait_for(
+        Pipeline(config(), source, backend, until_caught_up=True).run(), 10
+    )
+    assert summary.error is None and summary.records == 15
+    assert backend.attempts == 3
+
+
+async def test_stop_while_the_backend_is_unreachable_at_start_up() -> None:
+    class DownBackend(FakeBackend):
+        async def open(self) -> None:
+            raise RetryableError("connection refused")
+
+    source = FakeSource(logs(5))
+    pipeline = Pipeline(config(), source, DownBackend())
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.1)
+    pipeline.request_stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert summary.error is None and summary.records == 0
+    assert source.commits == []

@@ -106,6 +106,10 @@ class AiokafkaSource(Source):
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._listener: RebalanceListener | None = None
+        # Commits run one at a time, and none for a partition being revoked: a periodic
+        # commit racing a revoke must not land after the revoke's (higher) commit.
+        self._commit_lock = asyncio.Lock()
+        self._revoking: set[TopicPartition] = set()
 
     # --- clients -----------------------------------------------------------------------
 
@@ -253,15 +257,20 @@ class AiokafkaSource(Source):
             listener.on_lost(partitions)
             return
         log.info("revoked: %s", _describe_tps(partitions))
-        offsets = await listener.on_revoked(partitions)
-        if not offsets:
-            return
+        self._revoking.update(partitions)
         try:
-            await self.commit(offsets)
-        except ConnectorError as exc:
-            log.warning("commit on revoke skipped (%s); records will be redelivered", exc)
-        else:
-            log.info("committed on revoke: %s", _describe_offsets(offsets))
+            offsets = await listener.on_revoked(partitions)
+            if not offsets:
+                return
+            try:
+                async with self._commit_lock:
+                    await self._commit(offsets)
+            except ConnectorError as exc:
+                log.warning("commit on revoke skipped (%s); records will be redelivered", exc)
+            else:
+                log.info("committed on revoke: %s", _describe_offsets(offsets))
+        finally:
+            self._revoking.difference_update(partitions)
 
     def _fenced(self) -> bool:
         """True when the group no longer knows this member (its generation was reset).
@@ -341,6 +350,17 @@ class AiokafkaSource(Source):
             log.debug("%s has no epoch yet; fetching again from %d", _tp(ak_tp), offset)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit the partitions still owned and not being revoked (their revoke commits)."""
+        async with self._commit_lock:
+            assigned = self._client().assignment()
+            owned = {
+                tp: offset
+                for tp, offset in offsets.items()
+                if tp not in self._revoking and _ak(tp) in assigned
+            }
+            await self._commit(owned)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:
             return
         await self._bounded(

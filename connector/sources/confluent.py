@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as CkTopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # not re-exported for type checkers
 
 from connector.config import KafkaConfig
 from connector.errors import ConnectorError
@@ -305,13 +306,14 @@ class ConfluentSource(Source):
             if error is not None:
                 self._message_error(error)
                 continue
-            tp = TopicPartition(msg.topic(), msg.partition())
+            # A message without an error always has its topic, partition and offset.
+            tp = TopicPartition(msg.topic(), msg.partition())  # type: ignore[arg-type]
             if tp not in epochs:
                 epochs[tp] = listener.epoch(tp)
             epoch = epochs[tp]
             if epoch is None:
                 continue  # fetched before its partition was revoked in this very call
-            records.append(_record(msg, epoch))
+            records.append(_record(msg, tp, epoch))
         if self._reassigned:
             records = _after_reassignment(records, self._reassigned)
         return records
@@ -328,10 +330,18 @@ class ConfluentSource(Source):
         if not offsets:
             return
         consumer, thread = self._client()
-        result = await thread.run(
-            lambda: consumer.commit(offsets=_ck_offsets(offsets), asynchronous=False),
-            CALL_TIMEOUT_S,
-        )
+
+        def commit_owned() -> list[CkTopicPartition] | None:
+            # Runs after any revoke that happened while this call waited for the thread:
+            # a partition revoked meanwhile was committed by the revoke itself, and an
+            # older offset must not overwrite that.
+            owned = {_tp(p) for p in consumer.assignment()}
+            mine = {tp: off for tp, off in offsets.items() if tp in owned}
+            if not mine:
+                return None
+            return consumer.commit(offsets=_ck_offsets(mine), asynchronous=False)
+
+        result = await thread.run(commit_owned, CALL_TIMEOUT_S)
         failed = [tp for tp in result or [] if tp.error is not None]
         if failed:
             raise KafkaException(failed[0].error)
@@ -423,12 +433,12 @@ class ConfluentSource(Source):
         return sorted(metadata.topics)
 
 
-def _record(msg: Message, epoch: int) -> SourceRecord:
+def _record(msg: Message, tp: TopicPartition, epoch: int) -> SourceRecord:
     ts_type, ts = msg.timestamp()
     return SourceRecord(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=msg.offset(),  # type: ignore[arg-type]
         key=msg.key(),
         value=msg.value(),
         timestamp_ms=ts if ts_type != 0 else None,
