@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import math
 import uuid
 from typing import Any
 
 import pytest
 from bson import ObjectId
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connector.formats.json_coercion import CoercionError, compile_schema
+from connector.formats.json_coercion import CoercionError, compile_record, compile_schema
+from connector.formats.json_fast import compile_fast
 
 UTC = dt.UTC
 
@@ -20,10 +24,29 @@ def record(*fields: dict[str, Any], name: str = "T") -> dict[str, Any]:
     return {"type": "record", "name": name, "fields": list(fields)}
 
 
+def fast_or_none(schema: dict[str, Any], value: Any, unknown_fields: str = "reject") -> Any:
+    """The fast path's document of ``value`` as JSON, None when it refuses it."""
+    _, fields = compile_record(schema, unknown_fields, optional_id=True)
+    try:
+        return compile_fast(fields, unknown_fields, frozenset({"_id"}))(json.dumps(value).encode())
+    except Exception:
+        return None
+
+
+def agrees(schema: dict[str, Any], value: Any, unknown_fields: str = "reject") -> None:
+    """The fast path refuses ``value`` or reads it exactly as the coercion does."""
+    try:
+        exact: Any = compile_record(schema, unknown_fields, optional_id=True)[0](value, "")
+    except CoercionError:
+        exact = None
+    fast = fast_or_none(schema, value, unknown_fields)
+    assert fast is None or repr(fast) == repr(exact), (value, fast, exact)
+
+
 def coerce(field_type: Any, value: Any, unknown_fields: str = "reject") -> Any:
-    return compile_schema(record({"name": "f", "type": field_type}), unknown_fields)(
-        {"f": value}, ""
-    )["f"]
+    schema = record({"name": "f", "type": field_type})
+    agrees(schema, {"f": value}, unknown_fields)
+    return compile_schema(schema, unknown_fields)({"f": value}, "")["f"]
 
 
 def error(field_type: Any, value: Any) -> str:
@@ -232,3 +255,63 @@ def test_invalid_default_is_reported_at_compile_time() -> None:
         match="record T: the default of field n is invalid: expected int, got string 'x'",
     ):
         compile_schema(record({"name": "n", "type": "int", "default": "x"}))
+
+
+MEASUREMENT = record(
+    {"name": "_id", "type": {"type": "string", "logicalType": "uuid"}},
+    {"name": "sensor", "type": "string"},
+    {"name": "value", "type": "double"},
+    {"name": "level", "type": "float", "default": 1.5},
+    {"name": "count", "type": ["null", "int"], "default": None},
+    {"name": "flag", "type": "boolean", "default": False},
+    {"name": "big", "type": "long", "default": 0},
+    {"name": "timestamp", "type": TS_MILLIS},
+    {"name": "tags", "type": {"type": "map", "values": "string"}, "default": {}},
+    name="Measurement",
+)
+
+TIMES = st.builds(
+    lambda t, fmt: t.isoformat(timespec=fmt),
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())),
+    st.sampled_from(["auto", "seconds", "milliseconds", "microseconds"]),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.uuids().map(str),
+    st.uuids().map(lambda u: u.hex.upper()),
+    TIMES,
+    TIMES.map(lambda t: t + "Z"),
+    st.sampled_from(
+        [
+            "NaN",
+            "Infinity",
+            "2024-02-29T12:00:00.1234567Z",
+            "{12345678-1234-5678-1234-567812345678}",
+        ]
+    ),
+)
+VALID = st.fixed_dictionaries(
+    {"sensor": st.text(max_size=8), "value": st.floats(allow_nan=False), "timestamp": TIMES},
+    optional={"_id": st.uuids().map(str), "count": st.integers(-(2**31), 2**31 - 1)},
+)
+DOCUMENTS = st.builds(
+    lambda base, changes: {**base, **changes},
+    VALID,
+    st.dictionaries(
+        st.sampled_from(
+            ["_id", "sensor", "value", "level", "count", "flag", "big", "timestamp", "tags", "x"]
+        ),
+        st.one_of(SCALARS, st.dictionaries(st.text(max_size=3), SCALARS, max_size=2)),
+        max_size=3,
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(DOCUMENTS, st.sampled_from(["reject", "ignore"]))
+def test_fast_path_refuses_or_agrees_with_the_coercion(value: dict[str, Any], unknown: str) -> None:
+    agrees(MEASUREMENT, value, unknown)

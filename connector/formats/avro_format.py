@@ -220,6 +220,9 @@ class RawAvroDecoder:
         except Exception as exc:
             raise _body_error(resolved, record, exc) from None
 
+    def decode_many(self, records: list[SourceRecord]) -> list[tuple[ObjectType, dict[str, Any]]]:
+        return [self.decode(record) for record in records]
+
 
 class ConfluentAvroDecoder:
     """``avro``: magic byte 0, a 4-byte schema id, then the Avro body (Confluent framing).
@@ -367,3 +370,6 @@ class ConfluentAvroDecoder:
         except Exception as exc:
             raise _body_error(resolved, record, exc) from None
         return resolved.type, document
+
+    def decode_many(self, records: list[SourceRecord]) -> list[tuple[ObjectType, dict[str, Any]]]:
+        return [self.decode(record) for record in records]

@@ -19,7 +19,7 @@ import decimal
 import math
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import ObjectId
 
@@ -67,6 +67,16 @@ def _mismatch(path: str, expected: str, value: Any) -> CoercionError:
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
+
+
+class Field(NamedTuple):
+    """A compiled field of a record: its Avro type, coercion and (coerced) default."""
+
+    name: str
+    node: Any
+    coerce: Coerce
+    has_default: bool
+    default: Any
 
 
 class Compiler:
@@ -238,11 +248,17 @@ class Compiler:
         self, node: dict[str, Any], namespace: str | None, optional: frozenset[str] = frozenset()
     ) -> Coerce:
         """``optional`` fields may be absent without a default (the top-level ``_id``)."""
+        return self.record_fields(node, namespace, optional)[0]
+
+    def record_fields(
+        self, node: dict[str, Any], namespace: str | None, optional: frozenset[str] = frozenset()
+    ) -> tuple[Coerce, list[Field]]:
+        """The record's coercion function and its compiled fields."""
         name = node["name"]
         ns = node.get("namespace", namespace)
         if "." in name:
             ns = name.rsplit(".", 1)[0]
-        fields: list[tuple[str, Coerce, bool, Any]] = []
+        fields: list[Field] = []
         late: list[Coerce] = []
 
         def coerce(value: Any, path: str) -> Any:
@@ -260,23 +276,21 @@ class Compiler:
                     raise ValueError(
                         f"record {name}: the default of field {f['name']} is invalid: {exc.problem}"
                     ) from None
-                fields.append((f["name"], fn, True, default))
+                fields.append(Field(f["name"], f["type"], fn, True, default))
             else:
-                fields.append((f["name"], fn, False, None))
-        declared = {f[0] for f in fields}
+                fields.append(Field(f["name"], f["type"], fn, False, None))
+        declared = {f.name for f in fields}
         reject = self.unknown_fields == "reject"
 
         def record_fn(value: Any, path: str) -> Any:
             if not isinstance(value, dict):
                 raise _mismatch(path, f"an object ({name})", value)
             out: dict[str, Any] = {}
-            for field_name, fn, has_default, default in fields:
+            for field_name, _, fn, has_default, default in fields:
                 if field_name in value:
                     out[field_name] = fn(value[field_name], _join(path, field_name))
                 elif has_default:
-                    out[field_name] = (
-                        copy.deepcopy(default) if isinstance(default, dict | list) else default
-                    )
+                    out[field_name] = copy_default(default)
                 elif field_name in optional:
                     continue
                 else:
@@ -294,7 +308,12 @@ class Compiler:
             return out
 
         late.append(record_fn)
-        return record_fn
+        return record_fn, fields
+
+
+def copy_default(default: Any) -> Any:
+    """A field's default as a value of its own (containers are copied)."""
+    return copy.deepcopy(default) if isinstance(default, dict | list) else default
 
 
 _TIMESTAMPS = {
@@ -507,5 +526,12 @@ def compile_schema(
 
     With ``optional_id`` a record may lack ``_id``: the mapping then derives one (R10).
     """
+    return compile_record(schema, unknown_fields, optional_id)[0]
+
+
+def compile_record(
+    schema: dict[str, Any], unknown_fields: str = "reject", optional_id: bool = False
+) -> tuple[Coerce, list[Field]]:
+    """Like ``compile_schema``, also returning the compiled top-level fields."""
     optional = frozenset({"_id"}) if optional_id else frozenset()
-    return Compiler(unknown_fields=unknown_fields).record(schema, None, optional)
+    return Compiler(unknown_fields=unknown_fields).record_fields(schema, None, optional)

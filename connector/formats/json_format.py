@@ -1,4 +1,8 @@
-"""The ``json`` format: one JSON object per record value (UTF-8), coerced into its type."""
+"""The ``json`` format: one JSON object per record value (UTF-8), coerced into its type.
+
+Values are decoded by the type's compiled msgspec decoder (``json_fast``); a value it
+refuses is decoded again here by the exact path, for the same document or the precise error.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import json
 from typing import Any
 
 from connector.errors import RecordError, RecordErrorKind
-from connector.formats.json_coercion import CoercionError, compile_schema
+from connector.formats.json_coercion import CoercionError, compile_record
+from connector.formats.json_fast import compile_fast
 from connector.records import SourceRecord
 from connector.schemas import ObjectType
 
@@ -48,18 +53,34 @@ class JsonDecoder:
     def __init__(self, target: ObjectType, unknown_fields: str) -> None:
         self._target = target
         # _id may be absent: the mapping derives it or takes it from the key (R10).
-        self._coerce = compile_schema(target.schema, unknown_fields, optional_id=True)
+        self._coerce, fields = compile_record(target.schema, unknown_fields, optional_id=True)
+        self._fast = compile_fast(fields, unknown_fields, frozenset({"_id"}))
 
     async def prepare(self, records: list[SourceRecord]) -> None:
         """Nothing to fetch for JSON."""
 
     def decode(self, record: SourceRecord) -> tuple[ObjectType, dict[str, Any]]:
+        assert record.value is not None
+        try:
+            return self._target, self._fast(record.value)
+        except Exception:  # refused by the fast path: the exact path decides
+            return self._target, self._exact(record)
+
+    def decode_many(self, records: list[SourceRecord]) -> list[tuple[ObjectType, dict[str, Any]]]:
+        target, fast = self._target, self._fast
+        try:
+            return [(target, fast(record.value)) for record in records]  # type: ignore[arg-type]
+        except Exception:  # some value is refused by the fast path: one at a time
+            return [self.decode(record) for record in records]
+
+    def _exact(self, record: SourceRecord) -> dict[str, Any]:
         value = parse_json_object(record)
         try:
-            return self._target, self._coerce(value, "")
+            document: dict[str, Any] = self._coerce(value, "")
         except CoercionError as exc:
             raise RecordError(
                 RecordErrorKind.SCHEMA_MISMATCH,
                 record.coordinates,
                 f"does not fit object type {self._target.name}: {exc}",
             ) from None
+        return document
