@@ -8,7 +8,10 @@ latency when traffic is thin.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import attrgetter
 
 from connector.config import BatchingConfig
 from connector.records import MappedObject, TopicPartition
@@ -33,6 +36,9 @@ class Batch:
             self.size = sum(o.size for o in kept)
 
 
+_size = attrgetter("size")
+
+
 class Batcher:
     """Accumulates objects and tells when the current batch must be handed over."""
 
@@ -43,16 +49,30 @@ class Batcher:
         self._now = time.monotonic
         self._current = Batch()
 
-    def add(self, obj: MappedObject) -> Batch | None:
-        """Add ``obj``; returns the closed batch when this object filled it."""
-        current = self._current
-        if not current.objects:
-            current.opened_at = self._now()
-        current.objects.append(obj)
-        current.size += obj.size
-        if len(current.objects) >= self._max_records or current.size >= self._max_bytes:
-            return self.take()
-        return None
+    def add_many(self, objects: list[MappedObject]) -> list[Batch]:
+        """Add ``objects`` in order; returns the batches they filled.
+
+        A batch closes at the object that brings it to ``max_records`` or ``max_bytes``.
+        """
+        closed: list[Batch] = []
+        start = 0
+        while start < len(objects):
+            current = self._current
+            if not current.objects:
+                current.opened_at = self._now()
+            room = self._max_records - len(current.objects)
+            piece = objects[start : start + room]
+            sizes = list(accumulate(map(_size, piece), initial=current.size))
+            # The first object that brings the batch to max_bytes closes it.
+            full = bisect_left(sizes, self._max_bytes, lo=1)
+            if full < len(sizes):
+                piece = piece[:full]
+            current.objects.extend(piece)
+            current.size = sizes[len(piece)]
+            start += len(piece)
+            if len(current.objects) >= self._max_records or current.size >= self._max_bytes:
+                closed.append(self._take())
+        return closed
 
     def due(self) -> bool:
         """True when the open batch has waited long enough to be handed over."""
@@ -74,6 +94,9 @@ class Batcher:
         """Close and return the open batch, None when it is empty."""
         if not self._current.objects:
             return None
+        return self._take()
+
+    def _take(self) -> Batch:
         batch, self._current = self._current, Batch()
         return batch
 

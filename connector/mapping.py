@@ -11,9 +11,11 @@ record errors on asymmetric types (R8).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from bson import ObjectId
@@ -31,6 +33,7 @@ from connector.schemas import ObjectType, ObjectTypes
 # derived id and break idempotent replays, so it is part of the storage format.
 COORDINATES_NAMESPACE = uuid.UUID("5f1d7a3e-2b7c-5e47-9a51-6f0d1c2b8e90")
 DERIVABLE_ID_TYPES = ("string", "uuid", "long", "ObjectId")
+_value = attrgetter("value")
 
 
 def coordinates_uuid(where: Coordinates) -> uuid.UUID:
@@ -208,10 +211,39 @@ class Mapper:
     def map(self, record: SourceRecord) -> MappedObject:
         """Decode ``record`` and give it its ``_id``; raises ``RecordError`` on bad input."""
         binding = self._by_topic.get(record.topic) or self._binding(record)
-        value = record.value
-        if value is None:
+        if record.value is None:
             return self._tombstone(binding, record)
         target, document = binding.decoder.decode(record)
+        return self._identified(binding, target, document, record)
+
+    def map_many(
+        self, records: list[SourceRecord]
+    ) -> tuple[list[MappedObject], RecordError | None]:
+        """Map records of one topic in order: the objects up to the first bad record, and
+        that record's error (None when all mapped)."""
+        binding = self._by_topic.get(records[0].topic) or self._binding(records[0])
+        decoded = None
+        if None not in map(_value, records):
+            with contextlib.suppress(RecordError):  # the bad record is found one by one below
+                decoded = binding.decoder.decode_many(records)
+        objects: list[MappedObject] = []
+        try:
+            if decoded is None:
+                objects.extend(map(self.map, records))
+            else:
+                identified = self._identified
+                objects.extend(
+                    identified(binding, target, document, record)
+                    for record, (target, document) in zip(records, decoded, strict=True)
+                )
+        except RecordError as exc:
+            return objects, exc
+        return objects, None
+
+    def _identified(
+        self, binding: _Binding, target: ObjectType, document: dict[str, Any], record: SourceRecord
+    ) -> MappedObject:
+        """The object of a decoded ``document``, with its ``_id`` (R10)."""
         converter = self._converters[target.name]
         if converter is not None:
             converter(document)
@@ -235,7 +267,8 @@ class Mapper:
                     "send the same value in both, or drop _id from the value",
                 )
             document["_id"] = object_id
-        key = record.key
+        key, value = record.key, record.value
+        assert value is not None
         return MappedObject(target, object_id, document, record, len(value) + len(key or b""))
 
     def _tombstone(self, binding: _Binding, record: SourceRecord) -> MappedObject:

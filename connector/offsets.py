@@ -12,9 +12,10 @@ Thread-safe: rebalance callbacks may run on the client's thread.
 
 from __future__ import annotations
 
+import operator
 import threading
-from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 from connector.errors import ConnectorError
 from connector.records import TopicPartition
@@ -23,7 +24,8 @@ from connector.records import TopicPartition
 @dataclass(slots=True)
 class _PartitionState:
     epoch: int
-    pending: deque[int] = field(default_factory=deque)  # fetched, in fetch order
+    pending: list[int] = field(default_factory=list)  # fetched, in fetch order, from head on
+    head: int = 0  # pending[:head] are acked (dropped from time to time)
     acked: set[int] = field(default_factory=set)  # acked but not yet at the head
     committable: int | None = None  # next offset to read, everything before is acked
     committed: int | None = None  # last offset handed to a successful commit
@@ -69,35 +71,71 @@ class OffsetTracker:
 
     def fetched(self, tp: TopicPartition, epoch: int, offset: int) -> bool:
         """Record that ``offset`` was handed to the pipeline; False if the epoch is stale."""
+        count, error = self.fetched_many(tp, epoch, [offset])
+        if error is not None:
+            raise error
+        return count == 1
+
+    def fetched_many(
+        self, tp: TopicPartition, epoch: int, offsets: list[int]
+    ) -> tuple[int, ConnectorError | None]:
+        """Record that ``offsets`` (of ``tp``, in fetch order) were handed to the pipeline.
+
+        Returns how many leading offsets were recorded: 0 if the epoch is stale; fewer than
+        all, with the error, where the partition went backwards.
+        """
         with self._lock:
             state = self._parts.get(tp)
-            if state is None or state.epoch != epoch:
-                return False
-            if state.last_fetched is not None and offset <= state.last_fetched:
-                raise ConnectorError(
-                    f"offset {offset} of {tp} was fetched after offset {state.last_fetched}: "
-                    "the partition went backwards (log truncated after a leader change?); "
-                    "stopping without committing past the last acknowledged record"
-                )
-            state.last_fetched = offset
-            state.pending.append(offset)
-            return True
+            if state is None or state.epoch != epoch or not offsets:
+                return 0, None
+            last = state.last_fetched
+            count = len(offsets)
+            if (last is not None and offsets[0] <= last) or not all(
+                map(operator.lt, offsets, islice(offsets, 1, None))
+            ):
+                count = 0
+                for offset in offsets:
+                    if last is not None and offset <= last:
+                        break
+                    last = offset
+                    count += 1
+            if count:
+                state.pending.extend(islice(offsets, count))
+                state.last_fetched = offsets[count - 1]
+            if count == len(offsets):
+                return count, None
+            return count, ConnectorError(
+                f"offset {offsets[count]} of {tp} was fetched after offset {state.last_fetched}: "
+                "the partition went backwards (log truncated after a leader change?); "
+                "stopping without committing past the last acknowledged record"
+            )
 
     def ack(self, tp: TopicPartition, epoch: int, offset: int) -> bool:
         """Mark ``offset`` as durably handled; False if the epoch is stale (ignored)."""
+        return self.ack_many(tp, epoch, [offset])
+
+    def ack_many(self, tp: TopicPartition, epoch: int, offsets: list[int]) -> bool:
+        """Mark ``offsets`` of ``tp`` as durably handled; False if the epoch is stale."""
         with self._lock:
             state = self._parts.get(tp)
             if state is None or state.epoch != epoch:
                 return False
-            state.acked.add(offset)
-            pending = state.pending
-            head = None
-            while pending and pending[0] in state.acked:
-                head = pending.popleft()
-                state.acked.discard(head)
-            if head is not None:
+            pending, head, acked = state.pending, state.head, state.acked
+            end = head + len(offsets)
+            if not acked and pending[head:end] == offsets:
+                head = end  # the common case: acked in fetch order, from the head on
+            else:
+                acked.update(offsets)
+                while head < len(pending) and pending[head] in acked:
+                    acked.discard(pending[head])
+                    head += 1
+            if head != state.head:
                 # The first un-acked fetched offset, or one past the last fetched one.
-                state.committable = pending[0] if pending else head + 1
+                state.committable = pending[head] if head < len(pending) else pending[-1] + 1
+                if head * 2 >= len(pending):
+                    del pending[:head]
+                    head = 0
+                state.head = head
             return True
 
     def committable(self) -> dict[TopicPartition, int]:
@@ -121,7 +159,7 @@ class OffsetTracker:
     def in_flight(self) -> int:
         """How many fetched records are not yet acked, over all partitions."""
         with self._lock:
-            return sum(len(s.pending) - len(s.acked) for s in self._parts.values())
+            return sum(len(s.pending) - s.head - len(s.acked) for s in self._parts.values())
 
     def position(self, tp: TopicPartition) -> int | None:
         """One past the last fetched offset of ``tp``, or None if nothing was fetched."""

@@ -24,9 +24,11 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import groupby, islice
+from operator import attrgetter
 from typing import TypeVar
 
 from connector.backends import Backend, ObjectResult, Outcome
@@ -35,7 +37,7 @@ from connector.config import PipelineConfig
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
 from connector.mapping import Mapper
 from connector.offsets import OffsetTracker
-from connector.records import SourceRecord, TopicPartition
+from connector.records import MappedObject, SourceRecord, TopicPartition
 from connector.release import Releaser
 from connector.schemas import ObjectTypes
 from connector.sources import Source
@@ -51,6 +53,11 @@ CLOSE_MIN_S = 1.0
 
 
 T = TypeVar("T")
+
+_run_key = attrgetter("topic", "partition", "epoch")  # records of one partition and epoch
+_offset = attrgetter("offset")
+_record = attrgetter("record")
+_outcome = attrgetter("outcome")
 
 
 class _Interrupted(Exception):
@@ -328,19 +335,26 @@ class Pipeline:
             if records and not await self._prepare(records):
                 return
             tracker, batcher, ready = self._tracker, self._batcher, self._ready
-            for record in records:
+            # One run per partition and epoch: the epoch was stamped at fetch, so records of
+            # an earlier assignment are dropped even if their partition was assigned again.
+            for (topic, partition, epoch), group in groupby(records, _run_key):
+                run = list(group)
+                count, error = tracker.fetched_many(
+                    TopicPartition(topic, partition), epoch, list(map(_offset, run))
+                )
+                if not count and error is None:
+                    continue
                 try:
-                    # The epoch was stamped at fetch: a record of an earlier assignment is
-                    # dropped here even if its partition was assigned again meanwhile.
-                    if not tracker.fetched(record.topic_partition, record.epoch, record.offset):
-                        continue
-                    obj = self._mapper.map(record)
-                except ConnectorError as exc:  # a record error, or a partition going backwards
+                    objects, bad = self._mapper.map_many(run[:count]) if count else ([], None)
+                except ConnectorError as exc:
                     self._fail(exc)
                     return
-                batch = batcher.add(obj)
-                if batch is not None:
-                    ready.append(batch)
+                ready.extend(batcher.add_many(objects))
+                # A record error, or the partition going backwards after the mapped records.
+                failure = bad or error
+                if failure is not None:
+                    self._fail(failure)
+                    return
             if batcher.due():
                 batch = batcher.take()
                 if batch is not None:
@@ -461,44 +475,49 @@ class Pipeline:
                 discard=True,
             )
             return False
-        summary = self._summary
-        stop_on_conflict = self._config.errors.conflict == "stop"
-        ack = self._tracker.ack
-        for obj, result in zip(batch.objects, results, strict=True):
-            record = obj.record
-            outcome = result.outcome
-            if outcome is Outcome.REJECTED:
-                summary.rejected += 1
-                self._fail(
-                    RecordError(
-                        RecordErrorKind.RULE_VIOLATION,
-                        record.coordinates,
-                        f"the backend rejected {obj.object_type.name} _id {obj.object_id!r}: "
-                        f"{result.reason}",
-                    ),
-                    discard=True,
-                )
-                return False
-            if outcome is Outcome.CONFLICT:
-                summary.conflicts += 1
-                conflict = RecordError(
-                    RecordErrorKind.CONFLICT, record.coordinates, str(result.reason)
-                )
-                if stop_on_conflict:
-                    self._fail(conflict, discard=True)
-                    return False
-                log.warning("%s", conflict)
-            elif outcome is Outcome.INSERTED:
-                summary.inserted += 1
-            elif outcome is Outcome.DUPLICATE:
-                summary.duplicates += 1
-            elif outcome is Outcome.UPSERTED:
-                summary.upserted += 1
-            elif outcome is Outcome.DELETED:
-                summary.deleted += 1
-            summary.records += 1
-            ack(record.topic_partition, record.epoch, record.offset)
-        return True
+        objects, summary = batch.objects, self._summary
+        outcomes = list(map(_outcome, results))
+        stopping = [Outcome.REJECTED]
+        if self._config.errors.conflict == "stop":
+            stopping.append(Outcome.CONFLICT)
+        # Every object before the first one that stops the run counts and is acked.
+        end = min((outcomes.index(o) for o in stopping if o in outcomes), default=len(outcomes))
+        counts = Counter(islice(outcomes, end))
+        summary.records += end
+        summary.inserted += counts[Outcome.INSERTED]
+        summary.duplicates += counts[Outcome.DUPLICATE]
+        summary.conflicts += counts[Outcome.CONFLICT]
+        summary.upserted += counts[Outcome.UPSERTED]
+        summary.deleted += counts[Outcome.DELETED]
+        if counts[Outcome.CONFLICT]:
+            for obj, result in zip(objects[:end], results, strict=False):
+                if result.outcome is Outcome.CONFLICT:
+                    log.warning("%s", self._conflict(obj, result))
+        acked = list(map(_record, islice(objects, end)))
+        for (topic, partition, epoch), run in groupby(acked, _run_key):
+            self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
+        if end == len(objects):
+            return True
+        obj, result = objects[end], results[end]
+        if result.outcome is Outcome.REJECTED:
+            summary.rejected += 1
+            self._fail(
+                RecordError(
+                    RecordErrorKind.RULE_VIOLATION,
+                    obj.record.coordinates,
+                    f"the backend rejected {obj.object_type.name} _id {obj.object_id!r}: "
+                    f"{result.reason}",
+                ),
+                discard=True,
+            )
+        else:
+            summary.conflicts += 1
+            self._fail(self._conflict(obj, result), discard=True)
+        return False
+
+    @staticmethod
+    def _conflict(obj: MappedObject, result: ObjectResult) -> RecordError:
+        return RecordError(RecordErrorKind.CONFLICT, obj.record.coordinates, str(result.reason))
 
     async def _ingest_with_retry(self, batch: Batch) -> list[ObjectResult]:
         try:

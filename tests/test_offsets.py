@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -128,3 +130,71 @@ def test_partitions_are_independent() -> None:
     tracker.ack(b, eb, 0)
     assert tracker.committable() == {b: 2}
     assert tracker.position(a) == 1
+
+
+@st.composite
+def chunks(draw: st.DrawFn, items: list[int]) -> list[list[int]]:
+    """``items`` cut into consecutive non-empty pieces."""
+    cuts = sorted(draw(st.sets(st.integers(min_value=1, max_value=max(len(items) - 1, 1)))))
+    bounds = [0, *(c for c in cuts if c < len(items)), len(items)]
+    return [items[a:b] for a, b in pairwise(bounds) if a < b]
+
+
+@given(fetched_and_ack_order(), st.data())
+def test_slices_of_fetches_and_acks_track_like_single_ones(
+    case: tuple[list[int], list[int]], data: st.DataObject
+) -> None:
+    offsets, acks = case
+    tracker = OffsetTracker()
+    epoch = tracker.assign(TP)
+    for piece in data.draw(chunks(offsets)):
+        assert tracker.fetched_many(TP, epoch, piece) == (len(piece), None)
+    assert tracker.position(TP) == offsets[-1] + 1
+    done: set[int] = set()
+    committed = None
+    for piece in data.draw(chunks(acks)) if acks else []:
+        assert tracker.ack_many(TP, epoch, piece)
+        done.update(piece)
+        unacked = [o for o in offsets if o not in done]
+        expected = unacked[0] if unacked else offsets[-1] + 1
+        if expected in (offsets[0], committed):
+            expected = None  # nothing acked at the head yet, or already committed
+        assert tracker.committable().get(TP) == expected
+        assert tracker.in_flight() == len(unacked)
+        if expected is not None and data.draw(st.booleans()):
+            tracker.mark_committed({TP: expected})
+            committed = expected
+    assert not tracker.ack_many(TP, epoch + 1, offsets)  # a stale epoch changes nothing
+    assert tracker.fetched_many(TP, epoch + 1, [offsets[-1] + 1]) == (0, None)
+    assert tracker.in_flight() == len(offsets) - len(done)
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=30), max_size=20),
+    st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=20),
+)
+def test_fetched_many_stops_where_the_partition_goes_backwards(
+    first: list[int], second: list[int]
+) -> None:
+    single, sliced = OffsetTracker(), OffsetTracker()
+    e1, e2 = single.assign(TP), sliced.assign(TP)
+    expected_error: str | None = None
+    expected = 0
+    for i, offset in enumerate(first + second):
+        try:
+            single.fetched(TP, e1, offset)
+        except ConnectorError as exc:
+            expected_error = str(exc)
+            break
+        if i >= len(first):
+            expected += 1
+    count, error = sliced.fetched_many(TP, e2, first)
+    if error is not None:  # the first slice already went backwards: stop there, as a run does
+        assert str(error) == expected_error
+        assert count < len(first)
+        return
+    count, error = sliced.fetched_many(TP, e2, second)
+    assert count == expected
+    assert (None if error is None else str(error)) == expected_error
+    assert sliced.position(TP) == single.position(TP)
+    assert sliced.in_flight() == single.in_flight()
