@@ -133,11 +133,12 @@ def soak(args: argparse.Namespace, bootstrap: str, backend: BackendUnderTest, wo
             else:
                 fleet.sigkill(rng.choice(live), after_sigterm_s=rng.uniform(0.0, 0.3))
             actions[action] += 1
+            # Committed first, stored second: live members keep storing and committing, so
+            # the other order would see commits of objects stored after the snapshot.
+            committed = {t: committed_offsets(bootstrap, group, t, PARTITIONS) for t in ids}
             stored = set(backend.ids("Measurement"))
             for topic, id_at in ids.items():
-                for partition, offset in committed_offsets(
-                    bootstrap, group, topic, PARTITIONS
-                ).items():
+                for partition, offset in committed[topic].items():
                     missing = sum(1 for n in range(offset) if id_at(partition, n) not in stored)
                     if missing:
                         ahead.append(f"change {change}: {topic}[{partition}] {missing} below")

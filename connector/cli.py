@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from connector.backends import create_backend, settings_problems
 from connector.config import PipelineConfig, load_config
+from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError, ConnectorError
 from connector.mapping import bind_routes
 from connector.pipeline import Pipeline
@@ -166,6 +167,8 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    for signum in EARLY_SIGNALS:  # received while the process was starting
+        on_signal(signum)
     summary = await pipeline.run()
     print("\n".join(summary.lines()), flush=True)
     if summary.error is not None:
@@ -221,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command != "run":
+        # Only `run` stops gracefully; the other commands end on a signal as usual.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        if EARLY_SIGNALS:
+            return 128 + EARLY_SIGNALS[0]
     if args.command == "schemas":
         return _check_schemas(args)
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CkTopicPartition
 
 DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
@@ -225,14 +225,30 @@ def kill(process: subprocess.Popen[str], sig: signal.Signals = signal.SIGKILL) -
     os.killpg(process.pid, sig)
 
 
+COORDINATOR_MOVING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (0 where nothing is committed)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + 30
     try:
-        result = consumer.committed(
-            [CkTopicPartition(topic, p) for p in range(partitions)], timeout=30
-        )
-        return {tp.partition: max(tp.offset, 0) for tp in result}
+        while True:
+            try:
+                result = consumer.committed(
+                    [CkTopicPartition(topic, p) for p in range(partitions)], timeout=30
+                )
+                return {tp.partition: max(tp.offset, 0) for tp in result}
+            except KafkaException as exc:  # e.g. the coordinator is still loading the group
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in COORDINATOR_MOVING
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
 

@@ -334,3 +334,23 @@ def test_release_under_sigkill_loses_nothing(
     assert len(stored_ids) == len(expected) and set(stored_ids) == expected
     low = {p: lo for p, (lo, _) in watermarks(kafka_bootstrap, topic, partitions).items()}
     assert low == committed_offsets(kafka_bootstrap, group, topic, partitions) == sent
+
+
+@pytest.mark.parametrize("backend_under_test", ["sqlite"], indirect=True)
+def test_sigterm_while_starting_stops_cleanly(
+    tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
+) -> None:
+    """A SIGTERM that arrives while the process is still importing and loading its config
+    (a rollout right after a scale-up) is handled like any other: exit 0, no traceback."""
+    topic = unique("early")
+    create_topic(kafka_bootstrap, topic, 1)
+    _, config = fleet_config(tmp_path, kafka_bootstrap, backend_under_test, topic, "confluent")
+    # From 0.15 s on: before that the interpreter itself is still starting (no Python code
+    # runs yet that could catch a signal).
+    for delay in (0.15, 0.3, 0.6, 1.0):
+        log = tmp_path / f"early-{delay}.log"
+        process = start_connector(config, log=log)
+        time.sleep(delay)
+        kill(process, signal.SIGTERM)
+        assert process.wait(SHUTDOWN_S + 10) == 0, f"after {delay} s:\n{log.read_text()[-2000:]}"
+        assert "Traceback" not in log.read_text()
