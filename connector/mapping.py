@@ -15,6 +15,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
@@ -213,8 +214,7 @@ class Mapper:
         binding = self._by_topic.get(record.topic) or self._binding(record)
         if record.value is None:
             return self._tombstone(binding, record)
-        target, document = binding.decoder.decode(record)
-        return self._identified(binding, target, document, record)
+        return self._identified(binding, record, binding.decoder.decode(record))
 
     def map_many(
         self, records: list[SourceRecord]
@@ -231,19 +231,16 @@ class Mapper:
             if decoded is None:
                 objects.extend(map(self.map, records))
             else:
-                identified = self._identified
-                objects.extend(
-                    identified(binding, target, document, record)
-                    for record, (target, document) in zip(records, decoded, strict=True)
-                )
+                objects.extend(map(self._identified, repeat(binding), records, decoded))
         except RecordError as exc:
             return objects, exc
         return objects, None
 
     def _identified(
-        self, binding: _Binding, target: ObjectType, document: dict[str, Any], record: SourceRecord
+        self, binding: _Binding, record: SourceRecord, decoded: tuple[ObjectType, dict[str, Any]]
     ) -> MappedObject:
-        """The object of a decoded ``document``, with its ``_id`` (R10)."""
+        """The object of a decoded record, with its ``_id`` (R10)."""
+        target, document = decoded
         converter = self._converters[target.name]
         if converter is not None:
             converter(document)

@@ -478,7 +478,7 @@ def _timestamp(unit_us: int, aware: bool, logical: str) -> Coerce:
                 parsed = epoch + dt.timedelta(microseconds=count * unit_us)
             except OverflowError:
                 raise CoercionError(path, f"{count} epoch {unit} is out of range") from None
-        if unit_us == 1000:
+        if unit_us == 1000 and parsed.microsecond % 1000:
             parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
         return parsed
 
