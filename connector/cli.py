@@ -167,8 +167,8 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    for signum in EARLY_SIGNALS:  # received while the process was starting
-        on_signal(signum)
+    for early in EARLY_SIGNALS:  # received while the process was starting
+        on_signal(early)
     summary = await pipeline.run()
     print("\n".join(summary.lines()), flush=True)
     if summary.error is not None:
