@@ -11,7 +11,7 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format soak clean
+.PHONY: help venv kafka services quickstart test unit integration lint format soak bench clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
@@ -19,12 +19,13 @@ help:
 	@echo "make unit         unit tests only (no services)"
 	@echo "make lint         ruff check and format check, mypy --strict on connector/"
 	@echo "make soak         bench/chaos.py: >= 100 SIGKILLs and membership changes (minutes)"
+	@echo "make bench        bench/bench.py: ours vs ceilings and peers, 1M records (long)"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -63,6 +64,12 @@ test: venv kafka services lint
 # Not part of `make test`: it runs for minutes. Prints lost / duplicated / conflicts.
 soak: venv kafka services
 	$(BIN)/python bench/chaos.py
+
+# Not part of `make test`: the side-by-side benchmark (issue 8), 1M records, tens of minutes.
+# Writes bench/results/<date>.json and .png and rewrites README's generated Performance part.
+BENCH_ARGS ?=
+bench: venv kafka services
+	$(BIN)/python bench/bench.py --update-readme $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
