@@ -65,6 +65,7 @@ from bench.peers import Peer, RunContext, RunResult  # noqa: E402
 DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
 PARTITIONS = 6
 OURS_PG = "ours-postgres/confluent"
+OURS_PG_2 = "ours-postgres/confluent/2-tasks"  # two processes in one group (tasks.max: 2)
 RAW = "raw-client"
 T0_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z, the first record's timestamp
 LATENCY_PRIME = 200  # records stored before the latency clock starts (the contender is up)
@@ -421,7 +422,7 @@ class Outcome:
     target: str  # none | sqlite | postgres | mongodb
     version: str
     settings: dict[str, Any]
-    status: str = "ok"  # "ok" or "failed: <reason>"
+    status: str = "ok"  # "ok", "partial: <how far>" or "failed: <reason>"
     wall_s: float | None = None  # process start to the end of the run
     active_s: float | None = None  # first record to the end of the run
     cpu_s: float | None = None
@@ -429,6 +430,13 @@ class Outcome:
     count: int | None = None  # what the check found in the target (or consumed)
     distinct: int | None = None
     figures: dict[str, float | None] = field(default_factory=dict)
+    done: int | None = None  # what a partial run had stored when its budget ran out
+
+    def measured(self, records: int) -> int | None:
+        """The records the rates are over: all of them, or a partial run's share."""
+        if self.status == "ok":
+            return records
+        return self.done if self.status.startswith("partial:") else None
 
 
 @dataclass
@@ -440,6 +448,8 @@ class Services:
     mongo_uri: str
     workdir: Path
     cache: Path
+    budget_s: float | None = None  # a peer's run longer than this is stopped: partial
+    profile_dir: Path | None = None  # ours runs under cProfile, one <name>.prof each
 
 
 def slug(name: str) -> str:
@@ -626,10 +636,12 @@ def timeout_for(records: int) -> float:
     return 120 + records / 500
 
 
-def peer_timeout(records: int) -> float:
-    """`timeout_for` plus a minute for a peer's own start-up (a JVM, a virtualenv); what a
-    peer that timed out leaves running is killed afterwards (`kill_strays`)."""
-    return timeout_for(records) + 60
+def peer_timeout(ctx: RunContext) -> float:
+    """`timeout_for` plus a minute for a peer's own start-up (a JVM, a virtualenv), or the
+    run's budget plus two minutes when that is shorter; what a peer that timed out leaves
+    running is killed afterwards (`kill_strays`)."""
+    bound = timeout_for(ctx.records) + 60
+    return bound if ctx.budget_s is None else min(bound, ctx.budget_s + 120)
 
 
 def ours_config(
@@ -701,17 +713,39 @@ def failure(run: ProcessRun) -> str:
     return f"failed: exit {run.code}: {lines[-1][:300] if lines else 'no output'}"
 
 
+def tasks_child(tasks: int, command: list[str]) -> int:
+    """Run ``command`` as ``tasks`` processes at once (one consumer group, like Kafka
+    Connect's ``tasks.max``) and wait for all; the first non-zero exit code, else 0."""
+    children = [subprocess.Popen(command) for _ in range(tasks)]
+    codes = [child.wait() for child in children]
+    return next((code for code in codes if code), 0)
+
+
 def run_ours(
-    services: Services, name: str, engine: str, target: str, topic: str, records: int
+    services: Services,
+    name: str,
+    engine: str,
+    target: str,
+    topic: str,
+    records: int,
+    *,
+    tasks: int = 1,
 ) -> Outcome:
-    """``data-ingest run --until-caught-up`` (or, target "none", the acking ceiling child)."""
+    """``data-ingest run --until-caught-up`` (or, target "none", the acking ceiling child);
+    with ``tasks`` > 1, that many processes in one group, each ending when caught up."""
     config, store = ours_config(services, engine, target, name, topic)
     path = write_config(services, name, config)
-    if target == "none":
+    if tasks > 1:
+        command = [sys.executable, __file__, "--tasks-child", str(tasks), *ours_command(path)]
+        kind = "ours"
+    elif target == "none":
         command = [sys.executable, __file__, "--ceiling-child", str(path)]
         kind = "ceiling"
     else:
         command, kind = ours_command(path), "ours"
+    if tasks == 1 and target != "none" and services.profile_dir is not None:
+        profile = services.profile_dir / f"{slug(name)}.prof"
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command]
     outcome = Outcome(name, kind, target, connector_version(), public_settings(config))
     with StoredClock(store, records if target != "none" else 1 << 62) as clock:
         run = run_measured(command, services.workdir / slug(name), timeout_for(records))
@@ -823,6 +857,7 @@ def peer_context(
         batch_size=int(BATCHING["max_records"]),
         workdir=services.workdir / ident,
         cache=services.cache,
+        budget_s=None if phase == "latency" else services.budget_s,
     )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     if peer.target == "postgres":
@@ -845,7 +880,7 @@ def run_peer(services: Services, peer: Peer, topics: tuple[str, str], records: i
     ctx, store = peer_context(services, peer, topics, records, "run")
     try:
         with RssSampler() as rss:
-            result: RunResult = call_with_timeout(lambda: peer.run(ctx), peer_timeout(records))
+            result: RunResult = call_with_timeout(lambda: peer.run(ctx), peer_timeout(ctx))
     except Exception as exc:
         outcome.status = reason(exc)
         return outcome
@@ -856,6 +891,12 @@ def run_peer(services: Services, peer: Peer, topics: tuple[str, str], records: i
     if result.errors:
         extra["errors reported"] = result.errors[:5]
     outcome.settings = {**settings, **extra}
+    if result.budget_spent:
+        outcome.done = result.stored
+        outcome.status = (
+            f"partial: {result.stored or 0:,} of {records:,} stored when its "
+            f"{ctx.budget_s:.0f} s budget ran out"
+        )
     with StoreReader(store) as reader:
         outcome.count, outcome.distinct = reader.count_distinct()
     return outcome
@@ -865,15 +906,17 @@ def add_figures(outcomes: list[Outcome], records: int) -> None:
     """Rates, CPU per million, the check and the ratios, into each outcome's ``figures``."""
 
     def steady(o: Outcome) -> float | None:
-        return records / o.active_s if o.status == "ok" and o.active_s else None
+        n = o.measured(records)
+        return n / o.active_s if n and o.active_s else None
 
     by_name = {o.name: o for o in outcomes}
     raw = steady(by_name[RAW]) if RAW in by_name else None
     ours = steady(by_name[OURS_PG]) if OURS_PG in by_name else None
     for o in outcomes:
         rate = steady(o)
+        n = o.measured(records)
         o.figures = {
-            "records_per_s": records / o.wall_s if o.status == "ok" and o.wall_s else None,
+            "records_per_s": n / o.wall_s if n and o.wall_s else None,
             "steady_records_per_s": rate,
             "cpu_s_per_million": o.cpu_s / records * 1e6 if o.cpu_s is not None else None,
             "ratio_to_raw_client": rate / raw if rate and raw else None,
@@ -883,6 +926,8 @@ def add_figures(outcomes: list[Outcome], records: int) -> None:
             o.status = f"failed: check: {o.count} records, expected {records}"
         elif o.status == "ok" and o.distinct is not None and o.distinct != records:
             o.status = f"failed: check: {o.distinct} distinct _id, expected {records}"
+        elif o.status.startswith("partial:") and o.count != o.distinct:
+            o.status = f"failed: check: {o.count} records but {o.distinct} distinct _id"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1102,11 +1147,11 @@ def crash_peer(
     result = Crash(peer.name, records, killed_after_s=kill_after_s)
     ctx, store = peer_context(services, peer, topics, records, "crash")
     try:
-        run = call_with_timeout(
-            lambda: peer.run(ctx, kill_after_s=kill_after_s), peer_timeout(records)
-        )
+        run = call_with_timeout(lambda: peer.run(ctx, kill_after_s=kill_after_s), peer_timeout(ctx))
         result.errored = len(run.errors)
-        if not run.killed:
+        if run.budget_spent:
+            result.status = f"partial: its {ctx.budget_s:.0f} s budget ran out"
+        elif not run.killed:
             result.status = "failed: the peer reports it was not killed"
     except Exception as exc:
         result.status = reason(exc)
@@ -1296,6 +1341,19 @@ def readme_section(results: dict[str, Any], json_path: Path) -> str:
         "times only the COPY (its rows were read from Kafka first).",
         "",
     ]
+    if any(c["status"].startswith("partial:") for c in results["contenders"]):
+        lines += [
+            "`partial`: a peer still short of N when its time budget "
+            f"(`--peer-budget-s {s.get('peer_budget_s') or 0:.0f}`) ran out was stopped; its "
+            "rates are over what it had stored by then, its check is rows == distinct `_id`, "
+            "and it gets no crash run. On FerretDB this is every peer: their idempotent "
+            "MongoDB write is an upsert (`ReplaceOne` with `upsert: true` matched on `_id`), "
+            "which FerretDB 1.24 over SQLite serves far slower than inserts and slower the "
+            "larger the collection; ours inserts (`insert_many`, duplicates found by the "
+            "unique `_id` index). MongoDB itself (SSPL) cannot be installed here, so these "
+            "rows say more about FerretDB's upsert than about the peers.",
+            "",
+        ]
     if results["latency"]:
         lines += [
             "End-to-end latency, produce call to stored, at half of ours-postgres' rate after "
@@ -1433,7 +1491,18 @@ def run(args: argparse.Namespace) -> Path:
         PostgresServer() as postgres,
         MongoWireServer() as mongo,
     ):
-        services = Services(broker.bootstrap_servers, postgres.dsn, mongo.uri, workdir, cache_dir())
+        services = Services(
+            broker.bootstrap_servers,
+            postgres.dsn,
+            mongo.uri,
+            workdir,
+            cache_dir(),
+            args.peer_budget_s or None,
+            args.profile,
+        )
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            notes.append("Ours ran under cProfile (--profile): its figures are slower than usual.")
         servers = own_children()
         versions = {
             "Apache Kafka": KAFKA_VERSION,
@@ -1495,6 +1564,21 @@ def run(args: argparse.Namespace) -> Path:
             for e in engines
             for t in ("sqlite", "postgres", "mongodb")
         ]
+        if "confluent" in engines:
+            plan.append(
+                (
+                    OURS_PG_2,
+                    lambda: run_ours(
+                        services,
+                        OURS_PG_2,
+                        "confluent",
+                        "postgres",
+                        topics[0],
+                        args.records,
+                        tasks=2,
+                    ),
+                )
+            )
         plan += [
             (p.name, lambda p=p: run_peer(services, p, topics, args.records)) for p in installed
         ]
@@ -1583,6 +1667,15 @@ def run(args: argparse.Namespace) -> Path:
                         Crash(peer.name, args.crash_records, "not run: its throughput run failed")
                     )
                     continue
+                if done is not None and done.status.startswith("partial:"):
+                    crashes.append(
+                        Crash(
+                            peer.name,
+                            args.crash_records,
+                            "not run: its throughput run did not finish within its budget",
+                        )
+                    )
+                    continue
                 if peer.target == "mongodb":
                     revive_if_stuck(mongo, servers, say, notes)
                 after = kill_time(done, args.records, args.crash_records)
@@ -1605,6 +1698,7 @@ def run(args: argparse.Namespace) -> Path:
             "batch_size": BATCHING["max_records"],
             "broker_jvm_opts": jvm,
             "latency_s": args.latency_s,
+            "peer_budget_s": args.peer_budget_s or None,
             "produce_s": round(produced, 1),
         },
         "contenders": [asdict(o) for o in outcomes],
@@ -1661,14 +1755,29 @@ def main() -> int:
     parser.add_argument("--engines", default="confluent,aiokafka")
     parser.add_argument("--latency-s", type=float, default=20.0, help="0: no latency run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run ours under cProfile, writing DIR/<name>.prof (pstats) per run",
+    )
+    parser.add_argument(
+        "--peer-budget-s",
+        type=float,
+        default=300.0,
+        help="stop a peer's run after this long and report its partial rate (0: no budget)",
+    )
     parser.add_argument("--update-readme", action="store_true", help="then rewrite README")
     parser.add_argument("--readme", type=Path, metavar="RESULTS", help="only rewrite README")
     parser.add_argument("--ceiling-child", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--raw-consume-child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--copy-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--tasks-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ceiling_child:
         return run_ceiling(args.ceiling_child)
+    if args.tasks_child:
+        return tasks_child(int(args.tasks_child[0]), args.tasks_child[1:])
     if args.raw_consume_child:
         bootstrap, topic, group, count = args.raw_consume_child
         return raw_consume_child(bootstrap, topic, group, int(count))

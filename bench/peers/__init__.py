@@ -36,6 +36,10 @@ class RunContext:
     batch_size: int  # the same batch size for every contender that has one
     workdir: Path  # scratch space for config files and logs
     cache: Path  # where peers are installed
+    # A run still short of ``records`` after this long is stopped and reported as partial,
+    # its rate taken over what it stored (a contender at tens of records/s would otherwise
+    # hold the whole benchmark for hours). None: no budget.
+    budget_s: float | None = None
 
 
 @dataclass
@@ -48,6 +52,8 @@ class RunResult:
     peak_rss_mb: float
     killed: bool = False  # SIGKILLed once mid-run and restarted
     errors: list[str] = field(default_factory=list)  # errors the peer itself reported
+    budget_spent: bool = False  # stopped by ``RunContext.budget_s`` before storing everything
+    stored: int | None = None  # what the target held when the run ended (counted by the runner)
 
 
 class Peer(Protocol):
@@ -66,4 +72,5 @@ class Peer(Protocol):
     def run(self, ctx: RunContext, *, kill_after_s: float | None = None) -> RunResult:
         """Consume ``ctx.topic`` (or ``ctx.envelope_topic``) into the target until all
         ``ctx.records`` are stored. With ``kill_after_s``: SIGKILL the peer that long after
-        it started, start it again on the same group and let it finish."""
+        it started or once a third of the records is stored, whichever comes first, start it
+        again on the same group and let it finish."""

@@ -4,8 +4,9 @@ A run starts the peer's process in its own process group, polls the target until
 ``ctx.records`` rows/documents, then stops the peer (SIGTERM, SIGKILL after a grace period).
 CPU seconds and peak RSS come from ``os.wait4`` on the peer's process (the JVM, the Go
 binary, the Python interpreter: each peer is one process). With ``kill_after_s`` the group is
-SIGKILLed once that long after the start and the same command is started again on the same
-consumer group / offset storage; wall time then includes the restart.
+SIGKILLed once, that long after the start or when a third is stored if sooner, and the
+same command is started again on the same consumer group / offset storage; wall time then
+includes the restart.
 """
 
 from __future__ import annotations
@@ -88,11 +89,18 @@ class TargetCounter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pg: Any = None
         self._mongo: Any = None
+        self._last = 0
 
     def count(self) -> int:
         if self.target == "postgres":
             return self._count_postgres()
-        return self._count_mongo()
+        from pymongo.errors import PyMongoError
+
+        # A server saturated by the peer may not answer in time: the last count stands, so
+        # the runner's budget and stall checks still run.
+        with contextlib.suppress(PyMongoError):
+            self._last = self._count_mongo()
+        return self._last
 
     def _count_postgres(self) -> int:
         import asyncpg
@@ -112,7 +120,9 @@ class TargetCounter:
         if self._mongo is None:
             from pymongo import MongoClient
 
-            self._mongo = MongoClient(self._ctx.mongo_uri, serverSelectionTimeoutMS=10_000)
+            self._mongo = MongoClient(
+                self._ctx.mongo_uri, serverSelectionTimeoutMS=10_000, socketTimeoutMS=10_000
+            )
         coll = self._mongo[self._ctx.mongo_database][self._ctx.mongo_collection]
         return int(coll.estimated_document_count())
 
@@ -265,6 +275,7 @@ def run_measured(
     totals = _Totals()
     errors: list[str] = []
     killed = False
+    budget_spent = False
     first_record_s: float | None = None
     wall_s: float | None = None
     start = time.monotonic()
@@ -285,7 +296,13 @@ def run_measured(
                 wall_s = now - start
                 break
             _sample_rss(pid, totals)
-            if kill_after_s is not None and not killed and now - start >= kill_after_s:
+            # The kill lands at the estimated time or once a third is stored, whichever is
+            # first, so that a peer quicker than its estimate is still killed mid-run.
+            if (
+                kill_after_s is not None
+                and not killed
+                and (now - start >= kill_after_s or 3 * stored >= ctx.records)
+            ):
                 _signal_group(pid, signal.SIGKILL)
                 _reap(pid, totals, block=True)
                 killed = True
@@ -300,6 +317,9 @@ def run_measured(
                     f"{stored} of {ctx.records} stored"
                 )
                 pid = 0
+                break
+            if ctx.budget_s is not None and now - start > ctx.budget_s:
+                wall_s, budget_spent = now - start, True
                 break
             if now - last_progress > stall_timeout_s:
                 errors.append(
@@ -321,4 +341,6 @@ def run_measured(
         peak_rss_mb=round(totals.peak_rss_kb / 1024, 1),
         killed=killed,
         errors=errors,
+        budget_spent=budget_spent,
+        stored=last_count,
     )
