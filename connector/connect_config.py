@@ -161,6 +161,20 @@ def redact(flat: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def secret_values(flat: Mapping[str, str]) -> set[str]:
+    """The secret values written in a flat config (secret keys, passwords inside URLs)."""
+    found = {v for k, v in flat.items() if is_secret_key(k) and v}
+    found.update(m.group("secret") for v in flat.values() for m in _URL_PASSWORD.finditer(v))
+    return {s for s in found if len(s) >= 4}
+
+
+def scrub(text: str, secrets: set[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``[hidden]``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, HIDDEN)
+    return text
+
+
 def secrets_of(config: PipelineConfig) -> set[str]:
     """The secret values of a parsed config (after ``${VAR}`` substitution), for log redaction."""
     found: set[str] = set()
@@ -186,9 +200,7 @@ class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
             message = record.getMessage()
-            hidden = message
-            for secret in self.secrets:
-                hidden = hidden.replace(secret, HIDDEN)
+            hidden = scrub(message, self.secrets)
             if hidden != message:
                 record.msg, record.args = hidden, None
         return True

@@ -35,13 +35,14 @@ def _result(futures: dict[Any, Any], what: str) -> Any:
     except KafkaException as exc:
         raise OffsetsError(f"{what}: {exc.args[0].str()}") from None
     except Exception as exc:
-        raise OffsetsError(f"{what}: {exc}") from None
+        raise OffsetsError(f"{what}: {exc or type(exc).__name__}") from None
 
 
 def _committed(config: KafkaConfig) -> dict[tuple[str, int], int]:
+    admin = _admin(config)  # referenced until the futures are done: they die with it
     request = [ConsumerGroupTopicPartitions(config.group_id)]
     group = _result(
-        _admin(config).list_consumer_group_offsets(request, request_timeout=TIMEOUT_S),
+        admin.list_consumer_group_offsets(request, request_timeout=TIMEOUT_S),
         f"reading the offsets of group {config.group_id!r}",
     )
     return {
@@ -78,7 +79,8 @@ def _alter(config: KafkaConfig, offsets: dict[tuple[str, int], int | None]) -> N
 
 
 def _delete(config: KafkaConfig) -> None:
-    futures = _admin(config).delete_consumer_groups([config.group_id], request_timeout=TIMEOUT_S)
+    admin = _admin(config)
+    futures = admin.delete_consumer_groups([config.group_id], request_timeout=TIMEOUT_S)
     try:
         next(iter(futures.values())).result(timeout=TIMEOUT_S)
     except KafkaException as exc:

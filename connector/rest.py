@@ -28,6 +28,8 @@ from connector.connect_config import (
     pipeline_of,
     plugin_info,
     redact,
+    scrub,
+    secret_values,
 )
 from connector.errors import ConfigError
 from connector.metrics import package_version
@@ -402,8 +404,9 @@ def validation(flat: dict[str, str], worker: Worker) -> dict[str, Any]:
             checked_types(config, name)
     except ConfigError as exc:
         problems = [flat_key_problem(p) for p in exc.problems]
+    hidden = secret_values(flat)
     for problem in problems:
-        key, sep, message = problem.partition(": ")
+        key, sep, message = scrub(problem, hidden).partition(": ")
         errors.setdefault(key if sep else "(top level)", []).append(message if sep else problem)
     shown = redact(flat)
     keys = [*flat, *(k for k in errors if k not in flat)]

@@ -29,6 +29,8 @@ from connector.connect_config import (
     normalize,
     pipeline_of,
     redact,
+    scrub,
+    secret_values,
     secrets_of,
     with_connect_keys,
 )
@@ -312,8 +314,11 @@ class Worker:
         except ConfigError as exc:
             raise ApiError(
                 400,
-                f"Connector configuration is invalid and contains the following "
-                f"{len(exc.problems)} error(s):\n" + "\n".join(exc.problems),
+                scrub(
+                    f"Connector configuration is invalid and contains the following "
+                    f"{len(exc.problems)} error(s):\n" + "\n".join(exc.problems),
+                    secret_values(flat),
+                ),
             ) from None
         return self.host(name, flat, config, types, target=target, **options)
 
