@@ -207,7 +207,7 @@ class RestApi:
             connector = self.worker.connectors[name]
             entry: dict[str, Any] = {}
             if "status" in expand:
-                entry["status"] = connector.status()
+                entry["status"] = self.worker.status(name)
             if "info" in expand:
                 entry["info"] = connector.info()
             out[name] = entry
@@ -259,18 +259,18 @@ class RestApi:
         return web.Response(status=204)
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self._connector(request).status())
+        return web.json_response(self.worker.status(request.match_info["name"]))
 
     async def pause(self, request: web.Request) -> web.Response:
-        self._connector(request).pause()
+        await self.worker.set_target(request.match_info["name"], "PAUSED")
         return web.Response(status=202)
 
     async def resume(self, request: web.Request) -> web.Response:
-        await self._connector(request).resume()
+        await self.worker.set_target(request.match_info["name"], "RUNNING")
         return web.Response(status=202)
 
     async def stop(self, request: web.Request) -> web.Response:
-        await self._connector(request).stop()
+        await self.worker.set_target(request.match_info["name"], "STOPPED")
         return web.Response(status=202)
 
     async def restart(self, request: web.Request) -> web.Response:
@@ -280,7 +280,7 @@ class RestApi:
             await connector.restart()
             return web.Response(status=204)
         await connector.restart(only_failed=only_failed)
-        return web.json_response(connector.status(), status=202)
+        return web.json_response(self.worker.status(connector.name), status=202)
 
     def _task(self, request: web.Request) -> HostedConnector:
         connector = self._connector(request)

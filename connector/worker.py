@@ -14,9 +14,10 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -46,6 +47,30 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 STOP_MARGIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class ConnectorRecord:
+    """A connector's config and target state, as the cluster's config topic holds it."""
+
+    flat: dict[str, str]
+    target: str = "RUNNING"
+
+
+class ClusterStore(Protocol):
+    """Where a cluster's workers share connector configs and task states."""
+
+    async def put(self, name: str, record: ConnectorRecord | None) -> None:
+        """Publish ``record`` to every worker and return once this one applied it."""
+
+    def publish_status(self, connector: HostedConnector) -> None:
+        """Tell the other workers the state of this worker's task of ``connector``."""
+
+    def forget_status(self, name: str) -> None:
+        """This worker no longer runs ``name``."""
+
+    def remote_tasks(self, name: str) -> list[dict[str, Any]]:
+        """The live tasks of ``name`` on the other workers (Connect's TaskState)."""
 
 
 class ApiError(Exception):
@@ -106,6 +131,7 @@ class HostedConnector:
         self.failed = False
         self._lag_task: asyncio.Task[None] | None = None
         self._restarting = False
+        self.on_state: Callable[[HostedConnector], None] | None = None
         self.ended = asyncio.Event()  # the task ended, and no restart follows
         metrics.watch_paused(lambda: self.pipeline.paused_partitions if self.pipeline else 0)
 
@@ -154,6 +180,8 @@ class HostedConnector:
     def _publish_state(self) -> None:
         tasks = {} if self.target == "STOPPED" else {0: self.task_state()}
         self.metrics.set_state(self.connector_state(), tasks)
+        if self.on_state is not None:
+            self.on_state(self)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -240,6 +268,14 @@ class HostedConnector:
         self.target = "STOPPED"
         await self.stop_task()
 
+    async def set_target(self, target: str) -> None:
+        if target == "PAUSED":
+            self.pause()
+        elif target == "STOPPED":
+            await self.stop()
+        else:
+            await self.resume()
+
     async def restart(self, only_failed: bool = False) -> None:
         if only_failed and not self.failed:
             return
@@ -281,6 +317,7 @@ class Worker:
         self.secret_filter = secret_filter
         self.single = single  # `data-ingest run`: one connector, none created or deleted
         self.connectors: dict[str, HostedConnector] = {}
+        self.store: ClusterStore | None = None
         self.started = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -298,15 +335,10 @@ class Worker:
                 "cannot be created, reconfigured or deleted here; use data-ingest worker",
             )
 
-    def build(
-        self,
-        name: str,
-        raw: Mapping[str, Any],
-        *,
-        target: str = "RUNNING",
-        **options: Any,
-    ) -> HostedConnector:
-        """Validate a config into a (not yet started) connector; ``ApiError`` 400 if invalid."""
+    def validated(
+        self, name: str, raw: Mapping[str, Any]
+    ) -> tuple[dict[str, str], PipelineConfig, ObjectTypes]:
+        """A request's config, validated; ``ApiError`` 400 naming every problem."""
         flat = normalize(raw)
         try:
             config = pipeline_of(name, flat, self.base_dir)
@@ -320,7 +352,7 @@ class Worker:
                     secret_values(flat),
                 ),
             ) from None
-        return self.host(name, flat, config, types, target=target, **options)
+        return flat, config, types
 
     def host(
         self,
@@ -332,9 +364,10 @@ class Worker:
         target: str = "RUNNING",
         **options: Any,
     ) -> HostedConnector:
+        """A connector of this worker, not yet started."""
         if self.secret_filter is not None:
             self.secret_filter.secrets |= secrets_of(config)
-        return HostedConnector(
+        connector = HostedConnector(
             name,
             flat,
             config,
@@ -344,42 +377,93 @@ class Worker:
             target=target,
             **options,
         )
+        connector.on_state = self._state_changed
+        return connector
+
+    def _state_changed(self, connector: HostedConnector) -> None:
+        if self.store is not None:
+            self.store.publish_status(connector)
 
     def add(self, connector: HostedConnector) -> None:
         self.connectors[connector.name] = connector
         connector.start()
 
+    async def apply(self, name: str, record: ConnectorRecord | None) -> None:
+        """Bring this worker's connector ``name`` to ``record`` (None: deleted)."""
+        async with self._lock:
+            old = self.connectors.get(name)
+            if record is None:
+                if old is not None:
+                    await old.stop_task()
+                    old.metrics.remove()
+                    del self.connectors[name]
+                    if self.store is not None:
+                        self.store.forget_status(name)
+                    log.info("connector %s deleted", name)
+                return
+            if old is not None and old.flat == record.flat:
+                await old.set_target(record.target)
+                return
+            try:
+                flat, config, types = self.validated(name, record.flat)
+            except ApiError as exc:
+                log.error("connector %s: config not applied: %s", name, exc.message)
+                return
+            if old is not None:
+                await old.stop_task()
+                old.metrics.remove()
+            self.add(self.host(name, flat, config, types, target=record.target))
+            log.info(
+                "connector %s %s (%s)", name, "reconfigured" if old else "created", record.target
+            )
+
+    async def _publish(self, name: str, record: ConnectorRecord | None) -> None:
+        if self.store is not None:
+            await self.store.put(name, record)
+        else:
+            await self.apply(name, record)
+
     async def create(self, name: str, raw: Mapping[str, Any], target: str) -> HostedConnector:
         self._check_mutable()
-        async with self._lock:
-            if name in self.connectors:
-                raise ApiError(409, f"Connector {name} already exists")
-            connector = self.build(name, raw, target=target)
-            self.add(connector)
-            log.info("connector %s created (%s)", name, target)
-            return connector
+        if name in self.connectors:
+            raise ApiError(409, f"Connector {name} already exists")
+        flat, _, _ = self.validated(name, raw)
+        await self._publish(name, ConnectorRecord(flat, target))
+        return self.get(name)
 
     async def put_config(self, name: str, raw: Mapping[str, Any]) -> tuple[HostedConnector, bool]:
         """Create or reconfigure; True when it was created."""
         self._check_mutable()
-        async with self._lock:
-            old = self.connectors.get(name)
-            connector = self.build(name, raw, target=old.target if old else "RUNNING")
-            if old is not None:
-                await old.stop_task()
-                old.metrics.remove()
-            self.add(connector)
-            log.info("connector %s %s", name, "reconfigured" if old else "created")
-            return connector, old is None
+        old = self.connectors.get(name)
+        flat, _, _ = self.validated(name, raw)
+        await self._publish(name, ConnectorRecord(flat, old.target if old else "RUNNING"))
+        return self.get(name), old is None
 
     async def delete(self, name: str) -> None:
         self._check_mutable()
-        async with self._lock:
-            connector = self.get(name)
-            await connector.stop_task()
-            connector.metrics.remove()
-            del self.connectors[name]
-            log.info("connector %s deleted", name)
+        self.get(name)
+        await self._publish(name, None)
+
+    async def set_target(self, name: str, target: str) -> None:
+        """PAUSED, RUNNING (resume) or STOPPED, on every worker of the cluster."""
+        connector = self.get(name)
+        if self.single:
+            await connector.set_target(target)
+        else:
+            await self._publish(name, ConnectorRecord(connector.flat, target))
+
+    def status(self, name: str) -> dict[str, Any]:
+        """Connect's ConnectorStateInfo, with the tasks of every worker of the cluster."""
+        connector = self.get(name)
+        status = connector.status()
+        if self.store is None:
+            return status
+        tasks = [*status["tasks"], *self.store.remote_tasks(name)]
+        tasks.sort(key=lambda t: str(t["worker_id"]))
+        for i, task in enumerate(tasks):
+            task["id"] = i
+        status["tasks"] = tasks
+        return status
 
     def load_directory(self, directory: Path) -> list[str]:
         """Host every ``*.yaml``/``*.yml`` pipeline file of ``directory``; the problems found."""

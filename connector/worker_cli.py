@@ -9,6 +9,10 @@ The worker file::
       token: ${REST_TOKEN}        # optional: required as a bearer token by mutating calls
       token_for_reads: false      # true: by every call except /ping and /health
       tls: {cert_file: server.pem, key_file: server-key.pem}
+    cluster:                      # optional: share connectors with the workers of this id
+      id: ingest-prod
+      kafka: {bootstrap_servers: ..., security: {...}}   # as in a pipeline file
+      replication_factor: 3       # of the compacted config and status topics
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from connector.config import PipelineConfig, substitute_env
+from connector.config import KafkaConfig, PipelineConfig, substitute_env
 from connector.connect_config import SecretFilter, flatten
 from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError
@@ -62,12 +66,23 @@ class RestConfig(_Section):
         return value
 
 
+class ClusterConfig(_Section):
+    """Workers with the same ``id`` share connectors through two compacted topics."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    kafka: KafkaConfig
+    config_topic: str | None = Field(default=None, min_length=1)
+    status_topic: str | None = Field(default=None, min_length=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+
 class WorkerConfig(_Section):
     """The worker file."""
 
     id: str | None = Field(default=None, min_length=1)
     connectors_dir: str | None = None
     rest: RestConfig = Field(default_factory=RestConfig)
+    cluster: ClusterConfig | None = None
 
 
 def load_worker_config(path: Path) -> WorkerConfig:
@@ -145,11 +160,29 @@ async def serve_worker(path: Path) -> int:
         directory = directory if directory.is_absolute() else base / directory
         for problem in worker.load_directory(directory):
             log.error("connector not started: %s", problem)
+    store = None
+    if config.cluster is not None:
+        from connector.cluster import KafkaClusterStore
+
+        cluster = config.cluster
+        store = KafkaClusterStore(
+            worker,
+            cluster.kafka,
+            cluster.id,
+            config_topic=cluster.config_topic,
+            status_topic=cluster.status_topic,
+            replication_factor=cluster.replication_factor,
+        )
+        await store.start()
     runner = await start_server(worker, settings)
     stopping = asyncio.Event()
     _on_signals(lambda _again: stopping.set())
     await stopping.wait()
+    if store is not None:
+        await store.stop_following()
     await worker.close()
+    if store is not None:
+        await store.close()
     await runner.cleanup()
     return 0
 

@@ -21,6 +21,7 @@ from integration.backends import PostgresUnderTest
 from integration.kafka_broker import create_topic
 from integration.processes import LOOPBACK, free_port
 from integration.support import (
+    committed_offsets,
     measurement,
     produce,
     sqlite_rows,
@@ -346,3 +347,68 @@ def test_secrets_never_leave_the_worker(
         assert not [r for r in responses if secret in r], "a response shows a secret"
         assert secret not in log, "the log shows a secret"
     assert "[hidden]" in "".join(responses)
+
+
+def test_two_workers_share_a_connector_and_survive_a_sigkill(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = unique("cluster")
+    create_topic(kafka_bootstrap, topic, 4)
+    produce(
+        kafka_bootstrap,
+        topic,
+        [(p, measurement(topic, p, i)) for i in range(100) for p in range(4)],
+    )
+    db = tmp_path / "cluster.db"
+    tree = pipeline(tmp_path, kafka_bootstrap, topic, {"type": "sqlite", "path": str(db)})
+    cluster = {"cluster": {"id": unique("c"), "kafka": {"bootstrap_servers": kafka_bootstrap}}}
+    a = start_worker(tmp_path, "a", extra=cluster)
+    b = start_worker(tmp_path, "b", extra=cluster)
+    try:
+        KafkaConnect(url=a.url).create_connector({"name": "shared", "config": flatten(tree)})
+        on_b = KafkaConnect(url=b.url)
+        b.wait_until(
+            lambda: on_b.list_connectors() == ["shared"], 30, "the connector reaches worker b"
+        )
+
+        def task_workers() -> list[tuple[str, str]]:
+            return [
+                (t["worker_id"], t["state"]) for t in on_b.get_connector_status("shared")["tasks"]
+            ]
+
+        b.wait_until(
+            lambda: task_workers() == [("a", "RUNNING"), ("b", "RUNNING")], 30, "tasks of both on b"
+        )
+        assert [t["id"] for t in on_b.get_connector_status("shared")["tasks"]] == [0, 1]
+        b.wait_until(lambda: len(sqlite_rows(db, "Measurement")) == 400, 120, "400 rows")
+
+        def partitions(service: ServiceProcess) -> set[str]:
+            return set(lags(service, "shared"))
+
+        b.wait_until(
+            lambda: len(partitions(a)) + len(partitions(b)) == 4, 30, "4 partitions between a and b"
+        )
+        assert partitions(a) and partitions(b) and not partitions(a) & partitions(b)
+
+        a.kill()
+        produce(
+            kafka_bootstrap,
+            topic,
+            [(p, measurement(topic, p, i)) for i in range(100, 300) for p in range(4)],
+        )
+        b.wait_until(lambda: partitions(b) == {"0", "1", "2", "3"}, 60, "b owns every partition")
+        b.wait_until(lambda: len(sqlite_rows(db, "Measurement")) == 1200, 120, "1200 rows")
+        b.wait_until(
+            lambda: task_workers() == [("b", "RUNNING")], 30, "a's task gone from the status"
+        )
+        b.wait_until(lambda: sum(lags(b, "shared").values()) == 0, 30, "lag 0 on b")
+        group = tree["kafka"]["group_id"]
+        committed = committed_offsets(kafka_bootstrap, group, topic, 4)
+        assert committed == {0: 300, 1: 300, 2: 300, 3: 300}
+        ids = [row[0] for row in sqlite_rows(db, "Measurement")]
+        assert len(set(ids)) == len(ids) == 1200
+        assert b.metric_sum(RECORDS, connector="shared", outcome="conflict") == 0
+    finally:
+        a.kill()
+        code, _ = b.stop()
+    assert code == 0, b.tail()
