@@ -135,3 +135,24 @@ def start_worker(
     (home / "worker.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     args = ["--log-level", log_level, "worker", "-c", str(home / "worker.yaml")]
     return ServiceProcess(args, tmp_path / f"{name}.log", port)
+
+
+def start_hosted(config: Path, home: Path, log: Path) -> subprocess.Popen[str]:
+    """``data-ingest worker`` hosting the pipeline file ``config`` (from its connectors
+    directory), as a drop-in for a ``data-ingest run`` fleet member."""
+    (home / "connectors").mkdir(parents=True, exist_ok=True)
+    (home / "connectors" / config.name).symlink_to(config)
+    worker = {
+        "id": home.name,
+        "connectors_dir": "connectors",
+        "rest": {"listen": f"{LOOPBACK}:{free_port()}"},
+    }
+    (home / "worker.yaml").write_text(yaml.safe_dump(worker))
+    return subprocess.Popen(
+        [DATA_INGEST, "worker", "-c", str(home / "worker.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "a"),
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
