@@ -151,6 +151,7 @@ class Pipeline:
         self._started = time.monotonic()
         self._observer = observer or PipelineObserver()
         self._held = False  # paused by the operator (REST): every partition stays paused
+        self.started = False  # the backend is open and the consumer subscribed
 
     # --- rebalance listener ------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class Pipeline:
             return self._summary
         subscriptions = [route.subscription for route in self._config.routes]
         await self._source.start(subscriptions, self)
+        self.started = True
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
         progress_task = asyncio.create_task(self._progress_loop(started), name="progress")

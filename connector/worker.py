@@ -491,6 +491,8 @@ class Worker:
                 reasons.append(f"connector {connector.name}: task FAILED: {connector.trace}")
             elif connector.target != "STOPPED" and not connector.running:
                 reasons.append(f"connector {connector.name}: task not running")
+            elif connector.pipeline is not None and not connector.pipeline.started:
+                reasons.append(f"connector {connector.name}: task starting (backend not open yet)")
         probes = await asyncio.gather(
             *(c.probe_backend() for c in self.connectors.values() if c.target != "STOPPED")
         )

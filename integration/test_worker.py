@@ -7,12 +7,19 @@ through plain HTTP requests.
 
 from __future__ import annotations
 
+import os
+import signal
+import ssl
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 from kafka_connect import KafkaConnect
 from requests.exceptions import HTTPError
 
@@ -21,6 +28,7 @@ from integration.backends import PostgresUnderTest
 from integration.kafka_broker import create_topic
 from integration.processes import LOOPBACK, free_port
 from integration.support import (
+    DATA_INGEST,
     committed_offsets,
     measurement,
     produce,
@@ -29,6 +37,7 @@ from integration.support import (
     unique,
     write_config,
 )
+from integration.tls import CertificateAuthority
 from integration.worker_process import ServiceProcess, start_worker
 
 RECORDS = "data_ingest_records_total"
@@ -280,8 +289,6 @@ def test_ready_is_false_while_the_backend_is_down(
 def test_secrets_never_leave_the_worker(
     kafka_sasl_broker: Any, postgres_server: Any, tmp_path: Path
 ) -> None:
-    from confluent_kafka import Producer
-
     topic = unique("secret")
     sasl = kafka_sasl_broker
     sasl.broker.create_topic(topic, 1)
@@ -412,3 +419,64 @@ def test_two_workers_share_a_connector_and_survive_a_sigkill(
         a.kill()
         code, _ = b.stop()
     assert code == 0, b.tail()
+
+
+def test_https_and_a_token_for_every_call(tmp_path: Path) -> None:
+    """TLS from a test CA; with token_for_reads every call but /ping and /health needs it."""
+    cert = CertificateAuthority.create(tmp_path, "rest test CA").issue_server_cert(tmp_path, "rest")
+    port = free_port()
+    home = tmp_path / "tls-worker"
+    home.mkdir()
+    token = "rest-" + unique("token")
+    (home / "worker.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "tls",
+                "rest": {
+                    "listen": f"{LOOPBACK}:{port}",
+                    "token": "${TEST_REST_TOKEN}",
+                    "token_for_reads": True,
+                    "tls": {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)},
+                },
+            }
+        )
+    )
+    context = ssl.create_default_context(cafile=str(cert.ca_file))
+
+    def call(path: str, method: str = "GET", auth: bool = False) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if auth else {}
+        request = urllib.request.Request(
+            f"https://{LOOPBACK}:{port}{path}", method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except urllib.error.URLError:
+            return 0
+
+    log = tmp_path / "tls.log"
+    process = subprocess.Popen(
+        [DATA_INGEST, "worker", "-c", str(home / "worker.yaml")],
+        stderr=log.open("a"),
+        start_new_session=True,
+        env={**os.environ, "TEST_REST_TOKEN": token},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while call("/ping") != 200:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert call("/health") == 200
+        assert call("/connectors") == 401
+        assert call("/connectors", auth=True) == 200
+        assert call("/connectors/x", method="DELETE") == 401
+        assert call("/connectors/x", method="DELETE", auth=True) == 404
+        plain = urllib.request.Request(f"http://{LOOPBACK}:{port}/ping")
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(plain, timeout=5)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert token not in log.read_text()
