@@ -190,6 +190,9 @@ def secrets_of(config: PipelineConfig) -> set[str]:
     return {s for s in found if len(s) >= 4}
 
 
+_FORMATTER = logging.Formatter()
+
+
 class SecretFilter(logging.Filter):
     """Replaces every known secret in a log record by ``[hidden]`` (install on handlers)."""
 
@@ -203,4 +206,8 @@ class SecretFilter(logging.Filter):
             hidden = scrub(message, self.secrets)
             if hidden != message:
                 record.msg, record.args = hidden, None
+            if record.exc_info and not record.exc_text:  # formatters reuse exc_text
+                record.exc_text = _FORMATTER.formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = scrub(record.exc_text, self.secrets)
         return True

@@ -110,7 +110,12 @@ def test_the_secret_filter_hides_secret_values_in_log_lines(
     caplog.handler.addFilter(hide)
     try:
         logger.warning("connecting with %s to %s", "s3cr3t-sasl", config.backend.dsn)  # type: ignore[union-attr]
+        try:
+            raise RuntimeError("refused: password s3cr3t-sasl")
+        except RuntimeError:
+            logger.exception("failed")
     finally:
         caplog.handler.removeFilter(hide)
     assert "s3cr3t-sasl" not in caplog.text and "pg-pass-1" not in caplog.text
     assert f"connecting with {HIDDEN} to postgresql://ingest:{HIDDEN}@db" in caplog.text
+    assert f"RuntimeError: refused: password {HIDDEN}" in caplog.text
