@@ -208,7 +208,7 @@ def test_state_build_info_and_removal() -> None:
     assert ("data_ingest_connector_state", "kept") in names
 
 
-def test_exposition_passes_promtool() -> None:
+async def test_exposition_passes_promtool() -> None:
     """``promtool check metrics`` when the build from the Go module proxy succeeded."""
     promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
     if promtool is None:
@@ -220,9 +220,18 @@ def test_exposition_passes_promtool() -> None:
     observer = metrics.connector("c")
     observer.set_state("RUNNING", {0: "RUNNING"})
     observer.set_lag({TopicPartition("t", 0): 5})
-    observer.batch_written(10, 0.01)
     observer.retried("backend write")
-    observer.committed(0.002, True)
+    observer.committed(0.002, False)
+    failures = iter([RetryableError("down")])
+    backend = FakeBackend(fail=lambda _n: next(failures, None))
+    pipeline = Pipeline(
+        config(), FakeSource(logs(5)), backend, until_caught_up=True, observer=observer
+    )
+    assert (await pipeline.run()).records == 15
+    metrics.end_to_end.observe_timestamps("c", [1_000, 2_000], 5_000.0)
+    exposition = metrics.exposition().decode()
+    for family in ("records_total", "end_to_end_latency_seconds_bucket", "commit_seconds_count"):
+        assert f"data_ingest_{family}{{" in exposition
     result = subprocess.run(
         [promtool, "check", "metrics"],
         input=metrics.exposition(),
