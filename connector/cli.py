@@ -265,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, ValueError) as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_CONFIG
+        except ConnectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     if args.command != "run":
         # Only `run` stops gracefully; the other commands end on a signal as usual.
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -90,7 +90,13 @@ class KafkaClusterStore:
                 CkTopicPartition(self.status_topic, 0, OFFSET_BEGINNING),
             ]
         )
-        end = await asyncio.to_thread(self._config_end)
+        try:
+            end = await asyncio.to_thread(self._config_end)
+        except KafkaException as exc:
+            raise ClusterError(
+                f"cluster {self.cluster_id}: cannot read {self.config_topic!r}: "
+                f"{exc.args[0].str()}; check cluster.kafka"
+            ) from None
         self._tasks.append(asyncio.create_task(self._follow(), name="cluster follow"))
         if end > 0:
             await self._wait_applied(end - 1)

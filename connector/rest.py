@@ -31,7 +31,7 @@ from connector.connect_config import (
     scrub,
     secret_values,
 )
-from connector.errors import ConfigError
+from connector.errors import ConfigError, ConnectorError
 from connector.metrics import package_version
 from connector.worker import ApiError, HostedConnector, Worker, checked_types
 
@@ -454,7 +454,14 @@ async def start_server(worker: Worker, settings: RestSettings) -> web.AppRunner:
     runner = web.AppRunner(RestApi(worker, settings).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConnectorError(
+            f"the REST API cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}; choose another address (rest.listen / --rest-listen)"
+        ) from None
     scheme = "https" if context else "http"
     log.info("REST API on %s://%s:%d", scheme, settings.host, settings.port)
     return runner

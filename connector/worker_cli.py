@@ -203,9 +203,9 @@ async def run_with_rest(
     worker = Worker(f"{host}:{port}", Metrics(), base_dir=Path(config_path).parent, single=True)
     worker.secret_filter = hide
     flat = flatten(config.model_dump(mode="json", by_alias=True, exclude_none=True))
+    runner = await start_server(worker, RestSettings(host=host, port=port, token=token))
     connector = worker.host(Path(config_path).stem, flat, config, types, **options)
     worker.add(connector)
-    runner = await start_server(worker, RestSettings(host=host, port=port, token=token))
 
     def stop(abandon: bool) -> None:
         if connector.pipeline is not None:

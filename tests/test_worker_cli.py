@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from connector.cli import EXIT_CONFIG, main
+from connector.cli import EXIT_CONFIG, EXIT_FAILURE, main
 from connector.metrics import Metrics
 from connector.rest import parse_listen
 from connector.worker import Worker
@@ -41,3 +42,17 @@ def test_invalid_pipeline_files_are_reported_and_skipped(tmp_path: Path) -> None
     assert len(problems) == 2
     assert "broken.yaml" in problems[0] and "invalid YAML" in problems[0]
     assert "wrong.yml" in problems[1] and "routes" in problems[1]
+
+
+def test_a_port_in_use_exits_1_naming_the_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "worker.yaml"
+        path.write_text(f"rest: {{listen: '127.0.0.1:{port}'}}\n")
+        assert main(["worker", "-c", str(path)]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert f"the REST API cannot listen on 127.0.0.1:{port}" in err
