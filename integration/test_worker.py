@@ -397,6 +397,19 @@ def test_two_workers_share_a_connector_and_survive_a_sigkill(
         )
         assert partitions(a) and partitions(b) and not partitions(a) & partitions(b)
 
+        # A pause on b reaches a's task through the config topic.
+        on_b.pause_connector("shared")
+        b.wait_until(
+            lambda: task_workers() == [("a", "PAUSED"), ("b", "PAUSED")], 30, "both tasks paused"
+        )
+        assert (
+            KafkaConnect(url=a.url).get_connector_status("shared")["connector"]["state"] == "PAUSED"
+        )
+        on_b.resume_connector("shared")
+        b.wait_until(
+            lambda: task_workers() == [("a", "RUNNING"), ("b", "RUNNING")], 30, "both resumed"
+        )
+
         a.kill()
         produce(
             kafka_bootstrap,
@@ -415,6 +428,18 @@ def test_two_workers_share_a_connector_and_survive_a_sigkill(
         ids = [row[0] for row in sqlite_rows(db, "Measurement")]
         assert len(set(ids)) == len(ids) == 1200
         assert b.metric_sum(RECORDS, connector="shared", outcome="conflict") == 0
+
+        # A new worker of the cluster reads the connector from the config topic.
+        c = start_worker(tmp_path, "c", extra=cluster)
+        try:
+            b.wait_until(
+                lambda: task_workers() == [("b", "RUNNING"), ("c", "RUNNING")], 60, "c joined"
+            )
+            on_b.delete_connector("shared")
+            c.wait_until(lambda: c.get("/connectors") == (200, []), 30, "deleted on c too")
+        finally:
+            code, _ = c.stop()
+        assert code == 0, c.tail()
     finally:
         a.kill()
         code, _ = b.stop()
