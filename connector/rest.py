@@ -145,6 +145,7 @@ class RestApi:
         r.add_delete("/connectors/{name}", self.delete)
         r.add_get("/connectors/{name}/config", self.get_config)
         r.add_put("/connectors/{name}/config", self.put_config)
+        r.add_patch("/connectors/{name}/config", self.patch_config)
         r.add_get("/connectors/{name}/status", self.status)
         r.add_put("/connectors/{name}/pause", self.pause)
         r.add_put("/connectors/{name}/resume", self.resume)
@@ -253,6 +254,21 @@ class RestApi:
         status = 201 if created else 200
         headers = {"Location": f"/connectors/{name}"} if created else None
         return web.json_response(connector.info(), status=status, headers=headers)
+
+    async def patch_config(self, request: web.Request) -> web.Response:
+        """KIP-477: merge the given keys into the config; a null value removes its key."""
+        connector = self._connector(request)
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object of connector settings")
+        patch = _invalid_as_400(body)
+        merged: dict[str, Any] = dict(connector.flat)
+        for key, value in normalize({k: v for k, v in patch.items() if v is not None}).items():
+            merged[key] = value
+        for key in (k for k, v in patch.items() if v is None):
+            merged.pop(key, None)
+        updated, _ = await self.worker.put_config(connector.name, merged)
+        return web.json_response(updated.info())
 
     async def delete(self, request: web.Request) -> web.Response:
         await self.worker.delete(request.match_info["name"])

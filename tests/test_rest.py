@@ -235,3 +235,23 @@ async def test_validate_in_connect_shape(client: TestClient[Any, Any], tmp_path:
     assert "FileStream" in await error(
         await client.put("/connector-plugins/FileStreamSink/config/validate", json={}), 404
     )
+
+
+async def test_patch_config_merges_keys_and_null_removes_one(
+    client: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    await create(client, tmp_path)
+    patch = {"batching.max_records": "7", "shutdown.timeout_ms": None}
+    response = await client.patch("/connectors/c1/config", json=patch, headers=AUTH)
+    assert response.status == 200, await response.text()
+    config = (await response.json())["config"]
+    assert config["batching.max_records"] == "7"
+    assert "shutdown.timeout_ms" not in config
+    assert config["routes.0.topic"] == "measurements"
+    assert config["kafka.security.sasl.password"] == HIDDEN
+    bad = await client.patch(
+        "/connectors/c1/config", json={"batching.max_records": "-1"}, headers=AUTH
+    )
+    assert "batching.max_records" in await error(bad, 400)
+    stored = await (await client.get("/connectors/c1/config")).json()
+    assert stored["batching.max_records"] == "7"
