@@ -218,6 +218,8 @@ def test_worker_driven_by_a_connect_client(kafka_bootstrap: str, tmp_path: Path)
             "running after restart",
         )
         client.restart_connector_task("c", 0)
+        task = client.get_connector_task_status("c", 0)
+        assert task == {"id": 0, "state": "RUNNING", "worker_id": "worker"}
 
         # Bad input: Connect's status codes, and the worker keeps running.
         status, body = worker.request("POST", "/connectors", b"{oops")
@@ -236,6 +238,12 @@ def test_worker_driven_by_a_connect_client(kafka_bootstrap: str, tmp_path: Path)
         status, body = worker.request("POST", "/connectors", {"name": "c", "config": config})
         assert status == 409
         assert worker.get("/ping")[0] == 200
+
+        # Reset every offset while stopped: the group has none left.
+        client.stop_connector("c")
+        status, body = worker.request("DELETE", "/connectors/c/offsets")
+        assert status == 200 and "reset successfully" in body["message"]
+        assert worker.get("/connectors/c/offsets") == (200, {"offsets": []})
 
         client.delete_connector("c")
         assert client.list_connectors() == ["from-file"]

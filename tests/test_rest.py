@@ -108,6 +108,7 @@ async def test_create_get_list_and_secrets_redacted(
     assert expanded["c1"]["info"]["config"]["routes.0.topic"] == "measurements"
     topics = await (await client.get("/connectors/c1/topics")).json()
     assert topics == {"c1": {"topics": ["measurements"]}}
+    assert (await client.put("/connectors/c1/topics/reset", headers=AUTH)).status == 202
 
 
 async def test_errors_have_connect_status_codes_and_bodies(
