@@ -12,13 +12,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from connector.backends import create_backend, settings_problems
 from connector.config import PipelineConfig, load_config
 from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError, ConnectorError
 from connector.mapping import bind_routes
-from connector.pipeline import Pipeline
+from connector.pipeline import Pipeline, RunSummary
 from connector.schemas import ObjectTypes, SchemaViolations, check_directory, load_object_types
 from connector.sources import create_source
 
@@ -69,6 +70,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --until-caught-up: fail when no partition is assigned within this time "
         "(default: 60)",
+    )
+    run.add_argument(
+        "--rest-listen",
+        metavar="HOST:PORT",
+        help="also serve the REST API, /ping, /ready and /metrics there (bearer token for "
+        "mutating calls from $DATA_INGEST_REST_TOKEN, if set)",
+    )
+
+    worker = commands.add_parser(
+        "worker",
+        help="host many connectors and serve the Kafka Connect REST API",
+        description=(
+            "Host the connectors of a directory of pipeline files and those created over "
+            "the REST API (Kafka Connect compatible, plus /ping, /ready and /metrics) until "
+            "SIGINT/SIGTERM. Exit 2 on an invalid worker file."
+        ),
+    )
+    worker.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the worker file (YAML)"
     )
 
     validate = commands.add_parser(
@@ -143,6 +163,16 @@ def _load(path: str) -> tuple[PipelineConfig, ObjectTypes]:
 
 
 async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace) -> int:
+    if args.rest_listen:
+        from connector.worker_cli import run_with_rest
+
+        options = {
+            "until_caught_up": args.until_caught_up,
+            "assignment_timeout_s": args.assignment_timeout,
+        }
+        return _summarized(
+            await run_with_rest(config, types, args.config, args.rest_listen, options)
+        )
     pipeline = Pipeline(
         config,
         types,
@@ -169,7 +199,10 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
         loop.add_signal_handler(signum, on_signal, signum)
     for early in EARLY_SIGNALS:  # received while the process was starting
         on_signal(early)
-    summary = await pipeline.run()
+    return _summarized(await pipeline.run())
+
+
+def _summarized(summary: RunSummary) -> int:
     print("\n".join(summary.lines()), flush=True)
     if summary.error is not None:
         print(f"error: {summary.error}", file=sys.stderr, flush=True)
@@ -224,6 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "worker":
+        from connector.worker_cli import serve_worker
+
+        try:
+            return asyncio.run(serve_worker(Path(args.config)))
+        except (ConfigError, ValueError) as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CONFIG
+        except ConnectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     if args.command != "run":
         # Only `run` stops gracefully; the other commands end on a signal as usual.
         for signum in (signal.SIGINT, signal.SIGTERM):

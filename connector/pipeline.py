@@ -36,6 +36,7 @@ from connector.batching import Batch, Batcher
 from connector.config import PipelineConfig
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
 from connector.mapping import Mapper
+from connector.observer import PipelineObserver
 from connector.offsets import OffsetTracker
 from connector.records import MappedObject, SourceRecord, TopicPartition
 from connector.release import Releaser
@@ -120,6 +121,7 @@ class Pipeline:
         until_caught_up: bool = False,
         assignment_timeout_s: float = 60.0,
         pause_after_s: float = PAUSE_AFTER_S,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self._config = config
         self._source = source
@@ -147,6 +149,9 @@ class Pipeline:
         self._discard = False  # after a backend-side failure: write nothing more
         self._closing = False  # set by the drain: the ingest task ends once nothing is ready
         self._started = time.monotonic()
+        self._observer = observer or PipelineObserver()
+        self._held = False  # paused by the operator (REST): every partition stays paused
+        self.started = False  # the backend is open and the consumer subscribed
 
     # --- rebalance listener ------------------------------------------------------------
 
@@ -222,6 +227,33 @@ class Pipeline:
         if abandon:
             self._abandon.set()
 
+    def hold(self, held: bool) -> None:
+        """Pause (``True``) or resume every assigned partition, staying in the group."""
+        self._held = held
+        self._room.set()
+
+    @property
+    def paused_partitions(self) -> int:
+        return len(self._paused)
+
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: the high watermark minus the group's committed offset."""
+        assigned = sorted(self._assigned, key=str)
+        if not assigned:
+            return {}
+        marks = await self._source.watermarks(assigned)
+        committed = await self._source.committed(assigned)
+        earliest = self._config.kafka.auto_offset_reset == "earliest"
+        lag = {}
+        for tp in assigned:
+            if tp not in marks:
+                continue
+            low, high = marks[tp]
+            stored = committed.get(tp)
+            start = stored if stored is not None else (low if earliest else high)
+            lag[tp] = max(0, high - start)
+        return lag
+
     def _fail(self, error: ConnectorError, *, discard: bool = False) -> None:
         """Stop at ``error``. With ``discard`` (the error came from the backend, so whatever
         is queued may lie past the failing record) nothing queued is written any more;
@@ -252,6 +284,7 @@ class Pipeline:
             return self._summary
         subscriptions = [route.subscription for route in self._config.routes]
         await self._source.start(subscriptions, self)
+        self.started = True
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
         progress_task = asyncio.create_task(self._progress_loop(started), name="progress")
@@ -401,11 +434,11 @@ class Pipeline:
         wait costs nothing. Pausing discards that prefetched data, so it is kept for long
         stalls (a backend outage), where we must keep polling to stay in the group.
         """
-        if len(self._ready) >= self._max_ready and not self._paused:
+        if len(self._ready) >= self._max_ready and not self._paused and not self._held:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), self._pause_after_s)
-        if len(self._ready) >= self._max_ready:
+        if self._held or len(self._ready) >= self._max_ready:
             newly = sorted(self._assigned - self._paused, key=str)
             if newly:
                 await self._source.pause(newly)
@@ -483,6 +516,8 @@ class Pipeline:
         # Every object before the first one that stops the run counts and is acked.
         end = min((outcomes.index(o) for o in stopping if o in outcomes), default=len(outcomes))
         counts = Counter(islice(outcomes, end))
+        seen = min(end + 1, len(objects))  # with the object that stops the run, if any
+        self._observer.acknowledged(objects[:seen], outcomes[:seen])
         summary.records += end
         summary.inserted += counts[Outcome.INSERTED]
         summary.duplicates += counts[Outcome.DUPLICATE]
@@ -521,14 +556,18 @@ class Pipeline:
 
     async def _ingest_with_retry(self, batch: Batch) -> list[ObjectResult]:
         try:
-            return await self._retrying(
-                lambda: self._backend.ingest(batch.objects), "backend write", self._abandon
-            )
+            return await self._retrying(lambda: self._write(batch), "backend write", self._abandon)
         except _Interrupted:
             raise ConnectorError(
                 "shutdown while the backend was unavailable; the batch was abandoned "
                 "and will be read again on the next start"
             ) from None
+
+    async def _write(self, batch: Batch) -> list[ObjectResult]:
+        started = time.monotonic()
+        results = await self._backend.ingest(batch.objects)
+        self._observer.batch_written(len(batch.objects), time.monotonic() - started)
+        return results
 
     async def _retrying(
         self, call: Callable[[], Awaitable[T]], what: str, interrupt: asyncio.Event
@@ -543,6 +582,7 @@ class Pipeline:
                 return await call()
             except RetryableError as exc:
                 attempt += 1
+                self._observer.retried(what)
                 wait = random.uniform(delay / 2, delay)  # jitter spreads out reconnecting replicas
                 log.warning(
                     "%s failed (attempt %d): %s; retrying in %.1f s, "
@@ -570,11 +610,14 @@ class Pipeline:
         """Commit what is acked; then release it from the topic where routes ask for it."""
         offsets = self._tracker.committable()
         if offsets:
+            started = time.monotonic()
             try:
                 await self._source.commit(offsets)
             except Exception as exc:  # the next interval retries; uncommitted = redelivered
+                self._observer.committed(time.monotonic() - started, False)
                 log.warning("offset commit failed, will retry: %s", exc)
                 return
+            self._observer.committed(time.monotonic() - started, True)
             self._tracker.mark_committed(offsets)
             log.debug("committed %s", offsets)
         if self._releaser.enabled:

@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from connector.errors import Coordinates
 from connector.mapping import coordinates_uuid
 from integration.support import kill, measurement, start_connector
+from integration.worker_process import start_hosted
 
 SHUTDOWN_S = 10.0
 INTERPRETER_START_S = 0.2
@@ -43,8 +44,9 @@ def derived_id(topic: str, partition: int, offset: int) -> str:
 class Fleet:
     """Connector processes of one group, each logging to a file of its own."""
 
-    def __init__(self, config: Path, tmp_path: Path) -> None:
+    def __init__(self, config: Path, tmp_path: Path, *, hosted: bool = False) -> None:
         self.config = config
+        self.hosted = hosted  # members are `data-ingest worker` processes hosting the file
         self.tmp_path = tmp_path
         self.members: dict[int, subprocess.Popen[str]] = {}
         self.logs: list[Path] = []
@@ -55,7 +57,10 @@ class Fleet:
         key = len(self.logs)
         log = self.tmp_path / f"member-{key}.log"
         self.logs.append(log)
-        self.members[key] = start_connector(self.config, log=log)
+        if self.hosted:
+            self.members[key] = start_hosted(self.config, self.tmp_path / f"worker-{key}", log)
+        else:
+            self.members[key] = start_connector(self.config, log=log)
         self.started[key] = time.monotonic()
         return key
 

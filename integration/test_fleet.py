@@ -84,6 +84,7 @@ def fleet_chaos(
     seed: int,
     changes: int = 20,
     records: int = 50_000,
+    hosted: bool = False,
 ) -> None:
     """3 members on a 12-partition topic under continuous production; ``changes``
     membership changes (start, SIGTERM, SIGKILL, some right after another); then every
@@ -99,7 +100,7 @@ def fleet_chaos(
 
     rng = random.Random(seed)
     producer = BackgroundProducer(bootstrap, topic, partitions, rate_per_s=2000, value=value)
-    fleet = Fleet(config, tmp_path)
+    fleet = Fleet(config, tmp_path, hosted=hosted)
     producer.start()
     try:
         for _ in range(3):
@@ -184,6 +185,24 @@ def test_rebalance_chaos_with_derived_ids(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest, engine: str
 ) -> None:
     fleet_chaos(tmp_path, kafka_bootstrap, backend_under_test, engine, with_ids=False, seed=11)
+
+
+@pytest.mark.parametrize("backend_under_test", ["postgres"], indirect=True)
+def test_rebalance_chaos_hosted_by_workers(
+    tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
+) -> None:
+    """The same fleet rules when each member is a `data-ingest worker` hosting the file."""
+    fleet_chaos(
+        tmp_path,
+        kafka_bootstrap,
+        backend_under_test,
+        "confluent",
+        with_ids=True,
+        seed=5,
+        changes=12,
+        records=20_000,
+        hosted=True,
+    )
 
 
 @pytest.mark.parametrize("backend_under_test", ["sqlite"], indirect=True)

@@ -1,0 +1,241 @@
+"""Metrics fed by the pipeline, checked through the text exposition (prometheus-client's parser)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.backends import ObjectResult, Outcome
+from connector.errors import RetryableError
+from connector.metrics import LATENCY_BUCKETS, Metrics, _BulkHistogram
+from connector.records import MappedObject, TopicPartition
+from tests.fakes import FakeBackend, FakeSource
+from tests.test_pipeline import P0, P1, P2, Pipeline, config, logs
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, by name and sorted labels (parsed, not read back)."""
+    text = metrics.exposition().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return samples(metrics)[(name, tuple(sorted(labels.items())))]
+
+
+async def test_counters_equal_the_run_summary() -> None:
+    metrics = Metrics()
+    observer = metrics.connector("c1")
+    failures = iter([RetryableError("down"), None, None])
+    backend = FakeBackend(fail=lambda _n: next(failures, None))
+    source = FakeSource(logs(25))
+    source.logs[P0][3] = source.logs[P0][2]  # the same _id and document again: a duplicate
+    commits = 0
+    commit = source.commit
+
+    async def counting(offsets: dict[TopicPartition, int]) -> None:
+        nonlocal commits
+        commits += 1
+        await commit(offsets)
+
+    source.commit = counting  # type: ignore[method-assign]
+    summary = await Pipeline(
+        config(), source, backend, until_caught_up=True, observer=observer
+    ).run()
+    assert summary.error is None and summary.duplicates == 1
+    got = samples(metrics)
+    key = ("connector", "c1"), ("outcome", "{}"), ("topic", "m"), ("type", "Measurement")
+
+    def records(outcome: str) -> float:
+        labels = tuple((k, v.format(outcome)) for k, v in key)
+        return got.get(("data_ingest_records_total", labels), 0.0)
+
+    assert records("inserted") == summary.inserted == 74
+    assert records("duplicate") == summary.duplicates
+    c1 = (("connector", "c1"),)
+    assert got[("data_ingest_batch_size_records_count", c1)] == len(backend.batch_sizes)
+    assert got[("data_ingest_batch_size_records_sum", c1)] == 75
+    assert got[("data_ingest_backend_write_seconds_count", c1)] == len(backend.batch_sizes)
+    retries = (("connector", "c1"), ("operation", "backend write"))
+    assert got[("data_ingest_retries_total", retries)] == 1
+    assert commits > 0 and got[("data_ingest_commit_seconds_count", c1)] == commits
+    assert got[("data_ingest_commit_failures_total", c1)] == 0
+
+
+class RejectingBackend(FakeBackend):
+    """Rejects the third object it is given; stores the rest."""
+
+    async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        results = await super().ingest(objects)
+        if self.calls == 1:
+            results[2] = ObjectResult(Outcome.REJECTED, "too large")
+        return results
+
+
+async def test_the_rejected_object_that_stops_the_run_is_counted() -> None:
+    metrics = Metrics()
+    summary = await Pipeline(
+        config(),
+        FakeSource({P0: logs(10)[P0]}),
+        RejectingBackend(),
+        until_caught_up=True,
+        observer=metrics.connector("c"),
+    ).run()
+    assert summary.error is not None and summary.rejected == 1
+    labels = {"connector": "c", "topic": "m", "type": "Measurement"}
+    assert value(metrics, "data_ingest_records_total", outcome="rejected", **labels) == 1
+    assert value(metrics, "data_ingest_records_total", outcome="inserted", **labels) == 2
+    assert summary.inserted == 2
+
+
+def test_bulk_histogram_equals_one_observation_per_record() -> None:
+    """The batch-at-a-time histogram gives exactly the buckets of prometheus-client's own."""
+    rng = random.Random(7)
+    now_ms = 1_800_000_000_000.0
+    stamps = [
+        int(now_ms - rng.choice([0, 1, 4, 9, 10, 11, 250, 2_500, 70_000, 10**6]))
+        for _ in range(500)
+    ]
+    bulk = _BulkHistogram("lat_seconds", "doc", LATENCY_BUCKETS)
+    for chunk in (stamps[:123], stamps[123:], [None, None]):  # type: ignore[list-item]
+        bulk.observe_timestamps("c", chunk, now_ms)
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "lat_seconds", "doc", ["connector"], buckets=LATENCY_BUCKETS, registry=reference_registry
+    )
+    for stamp in stamps:
+        reference.labels("c").observe((now_ms - stamp) / 1000)
+    bulk_registry = CollectorRegistry()
+    bulk_registry.register(bulk)
+
+    def buckets(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if not s.name.endswith("_created")
+        }
+
+    ours, theirs = buckets(bulk_registry), buckets(reference_registry)
+    sums = ours.pop(("lat_seconds_sum", "")), theirs.pop(("lat_seconds_sum", ""))
+    assert ours == theirs
+    assert sums[0] == pytest.approx(sums[1])
+    assert ours[("lat_seconds_count", "")] == 500
+
+
+async def test_lag_paused_partitions_and_hold() -> None:
+    metrics = Metrics()
+    observer = metrics.connector("c")
+    source, backend = FakeSource(logs(25)), FakeBackend()
+    pipeline = Pipeline(config(), source, backend, until_caught_up=True, observer=observer)
+    observer.watch_paused(lambda: pipeline.paused_partitions)
+    pipeline.hold(True)
+    task = asyncio.create_task(pipeline.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if source.paused == {P0, P1, P2}:
+            break
+    await asyncio.sleep(0.1)
+    assert backend.stored == {} and source.paused == {P0, P1, P2}
+    assert value(metrics, "data_ingest_paused_partitions", connector="c") == 3
+    lag = await pipeline.lag()
+    assert lag == {P0: 25, P1: 25, P2: 25}
+    observer.set_lag(lag)
+    assert value(metrics, "data_ingest_consumer_lag", connector="c", topic="m", partition="1") == 25
+    pipeline.hold(False)
+    summary = await asyncio.wait_for(task, 10)
+    assert summary.records == 75 and len(backend.stored) == 75
+    observer.set_lag({P1: 0})
+    got = samples(metrics)
+    lags = {
+        dict(k[1])["partition"]: v for k, v in got.items() if k[0] == "data_ingest_consumer_lag"
+    }
+    assert lags == {"1": 0}
+
+
+def test_state_build_info_and_removal() -> None:
+    metrics = Metrics()
+    observer = metrics.connector("gone")
+    keep = metrics.connector("kept")
+    observer.set_state("PAUSED", {0: "PAUSED"})
+    keep.set_state("RUNNING", {0: "RUNNING"})
+    observer.set_lag({TopicPartition("t", 0): 5})
+    assert (
+        value(
+            metrics,
+            "data_ingest_connector_state",
+            connector="gone",
+            data_ingest_connector_state="PAUSED",
+        )
+        == 1
+    )
+    assert (
+        value(
+            metrics,
+            "data_ingest_connector_state",
+            connector="gone",
+            data_ingest_connector_state="RUNNING",
+        )
+        == 0
+    )
+    assert (
+        value(
+            metrics,
+            "data_ingest_task_state",
+            connector="gone",
+            task="0",
+            data_ingest_task_state="PAUSED",
+        )
+        == 1
+    )
+    build = [k for k in samples(metrics) if k[0] == "data_ingest_build_info"]
+    assert len(build) == 1 and dict(build[0][1])["version"]
+    observer.remove()
+    names = {(name, dict(labels).get("connector")) for name, labels in samples(metrics)}
+    assert not any(connector == "gone" for _, connector in names)
+    assert ("data_ingest_connector_state", "kept") in names
+
+
+async def test_exposition_passes_promtool() -> None:
+    """``promtool check metrics`` when the build from the Go module proxy succeeded."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if promtool is None:
+        pytest.skip(
+            "promtool not found: set PROMTOOL or put it on PATH "
+            "(go install github.com/prometheus/prometheus/cmd/promtool@latest)"
+        )
+    metrics = Metrics()
+    observer = metrics.connector("c")
+    observer.set_state("RUNNING", {0: "RUNNING"})
+    observer.set_lag({TopicPartition("t", 0): 5})
+    observer.retried("backend write")
+    observer.committed(0.002, False)
+    failures = iter([RetryableError("down")])
+    backend = FakeBackend(fail=lambda _n: next(failures, None))
+    pipeline = Pipeline(
+        config(), FakeSource(logs(5)), backend, until_caught_up=True, observer=observer
+    )
+    assert (await pipeline.run()).records == 15
+    metrics.end_to_end.observe_timestamps("c", [1_000, 2_000], 5_000.0)
+    exposition = metrics.exposition().decode()
+    for family in ("records_total", "end_to_end_latency_seconds_bucket", "commit_seconds_count"):
+        assert f"data_ingest_{family}{{" in exposition
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=metrics.exposition(),
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
