@@ -109,8 +109,10 @@ def _connect_error(exc: Exception, doing: str) -> ConnectorError:
         )
     unreachable = (
         OSError,  # refused, reset, no route, timed out
+        TimeoutError,
         asyncpg.PostgresConnectionError,
         asyncpg.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,  # "the underlying connection is closed": the server went away
     )
     if isinstance(exc, unreachable) or _sqlstate_class(exc) in RETRYABLE_CLASSES:
         return RetryableError(f"PostgreSQL unavailable while {doing}: {cause}")
