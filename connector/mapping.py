@@ -197,6 +197,17 @@ class Mapper:
             self._by_topic[record.topic] = found
         return found
 
+    def describe(self, record: SourceRecord) -> tuple[str | None, str]:
+        """The object type of ``record``'s route (None when it comes from the writer
+        schema or no route matches) and the qualified class name of its decoder."""
+        try:
+            binding = self._binding(record)
+        except RecordError:
+            return None, f"{Mapper.__module__}.{Mapper.__qualname__}"
+        decoder = type(binding.decoder)
+        target = binding.target.name if binding.target is not None else None
+        return target, f"{decoder.__module__}.{decoder.__qualname__}"
+
     async def prepare(self, records: list[SourceRecord]) -> None:
         """Let decoders fetch what they need (writer schemas) for ``records``; may retry."""
         pending: dict[int, tuple[_Binding, list[SourceRecord]]] = {}
@@ -315,4 +326,5 @@ class Mapper:
                 RecordErrorKind.DECODE,
                 record.coordinates,
                 f"the record key is not a {target.id_type} _id of {target.name} ({exc})",
+                in_key=True,
             ) from None

@@ -33,6 +33,7 @@ class SourceRecord:
     value: bytes | None
     timestamp_ms: int | None = None
     epoch: int = 0  # assignment epoch of the partition when the record was fetched
+    headers: list[tuple[str, bytes | None]] | None = None  # as produced, in order
 
     @property
     def coordinates(self) -> Coordinates:
