@@ -54,6 +54,7 @@ STAGES = {
 }
 
 CALL_TIMEOUT_S = 30.0
+MAX_MESSAGE_BYTES = 1_000_000_000  # librdkafka's upper bound
 
 
 def connect_stage(error: RecordError) -> str:
@@ -104,6 +105,9 @@ def producer_settings(kafka: KafkaConfig, settings: DeadLetterQueueConfig) -> di
             "acks": "all",
             "delivery.timeout.ms": settings.delivery_timeout_ms,
             "linger.ms": 5,
+            # A consumed record may be as large as its topic allows; the dead-letter topic's
+            # own max.message.bytes is what limits it, not the client.
+            "message.max.bytes": MAX_MESSAGE_BYTES,
         }
     )
     return out
