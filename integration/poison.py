@@ -24,7 +24,9 @@ from confluent_kafka import TopicPartition as CkTopicPartition
 from connector.schemas import load_object_types
 from integration.support import AVRO_DIR, measurement
 
-MEASUREMENT = load_object_types(AVRO_DIR).get("Measurement")
+_MEASUREMENT = load_object_types(AVRO_DIR).get("Measurement")
+assert _MEASUREMENT is not None
+MEASUREMENT = _MEASUREMENT
 AVRO_NAMESPACE = uuid.UUID("8d4b3c1a-52f0-4e0b-9d3f-1f2a6e9c7b55")
 
 
@@ -35,7 +37,7 @@ class Out:
     partition: int
     value: bytes | None
     key: bytes | None = None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    headers: list[tuple[str, str | bytes | None]] = field(default_factory=list)
     timestamp_ms: int | None = None
 
 
@@ -216,14 +218,6 @@ def _json_not_an_object(rng: random.Random) -> tuple[bytes | None, str]:
     return rng.choice([b"[1, 2]", b"42", b'"text"', b'{"_id": "x", ']), "decode"
 
 
-def json_nul(rng: random.Random) -> tuple[bytes | None, str]:
-    """A NUL character in text: PostgreSQL refuses it (a backend rejection)."""
-    document = json.loads(measurement("poison", 0, rng.randint(0, 10**6)))
-    document["_id"] = str(uuid.UUID(int=rng.getrandbits(128)))
-    document["sensor"] = "sensor-\u0000"
-    return json.dumps(document).encode(), "backend-rejection"
-
-
 def avro_poisons(schema_id: int) -> list[Poison]:
     """Poison for an Avro route whose good records use ``schema_id``."""
 
@@ -253,3 +247,32 @@ JSON_POISONS: list[Poison] = [
     _json_missing_field,
     _json_not_an_object,
 ]
+
+
+def backend_poisons(backend: str, schema_id: int) -> tuple[list[Poison], list[Poison]]:
+    """Poison that only ``backend`` refuses (JSON route, Avro route): PostgreSQL refuses a NUL
+    character in text, FerretDB a NaN. SQLite stores every document that fits the type."""
+
+    def json_nul(rng: random.Random) -> tuple[bytes | None, str]:
+        document = json.loads(measurement("poison", 0, rng.randint(0, 10**6)))
+        document["_id"] = str(uuid.UUID(int=rng.getrandbits(128)))
+        document["sensor"] = "sensor-\u0000"
+        return json.dumps(document).encode(), "backend-rejection"
+
+    def avro_nul(rng: random.Random) -> tuple[bytes | None, str]:
+        document = avro_measurement("poison", 0, rng.randint(0, 10**6))
+        document["_id"] = str(uuid.UUID(int=rng.getrandbits(128)))
+        document["sensor"] = "\u0000"
+        return framed(schema_id, avro_body(document)), "backend-rejection"
+
+    def avro_nan(rng: random.Random) -> tuple[bytes | None, str]:
+        document = avro_measurement("poison", 0, rng.randint(0, 10**6))
+        document["_id"] = str(uuid.UUID(int=rng.getrandbits(128)))
+        document["value"] = float("nan")
+        return framed(schema_id, avro_body(document)), "backend-rejection"
+
+    if backend == "postgres":
+        return [json_nul], [avro_nul]
+    if backend == "mongodb":
+        return [], [avro_nan]
+    return [], []
