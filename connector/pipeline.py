@@ -651,8 +651,7 @@ class Pipeline:
             return RecordError(
                 RecordErrorKind.BACKEND_REJECTION,
                 obj.record.coordinates,
-                f"the backend rejected {obj.object_type.name} _id {obj.object_id}: "
-                f"{result.reason}",
+                f"the backend rejected {obj.object_type.name} _id {obj.object_id}: {result.reason}",
             )
         return RecordError(RecordErrorKind.CONFLICT, obj.record.coordinates, str(result.reason))
 
