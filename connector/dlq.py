@@ -70,6 +70,12 @@ class DeadLetter:
     error: RecordError
     object_type: str | None  # None when the type could not be told (e.g. no writer schema)
     class_name: str  # the qualified name of the class that failed on it
+    fetched: SourceRecord | None = None  # the replayed dead letter ``record`` came from
+
+    @property
+    def tracked(self) -> SourceRecord:
+        """The record whose offset is acked once this letter is acknowledged."""
+        return self.fetched or self.record
 
 
 def context_headers(

@@ -41,6 +41,7 @@ from connector.batching import Batch, Batcher
 from connector.circuit_breaker import CircuitBreaker
 from connector.config import PipelineConfig
 from connector.dlq import DeadLetter, DeadLetterProducer
+from connector.dlq_replay import restore
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
 from connector.mapping import Mapper
 from connector.offsets import OffsetTracker
@@ -131,6 +132,7 @@ class Pipeline:
         assignment_timeout_s: float = 60.0,
         pause_after_s: float = PAUSE_AFTER_S,
         dead_letters: DeadLetterProducer | None = None,
+        replay: bool = False,
     ) -> None:
         self._config = config
         self._source = source
@@ -158,6 +160,7 @@ class Pipeline:
         self._discard = False  # after a backend-side failure: write nothing more
         self._closing = False  # set by the drain: the ingest task ends once nothing is ready
         self._started = time.monotonic()
+        self._replay = replay  # the Source serves dead letters, each replayed as its original
         errors = config.errors
         self._tolerate = errors.tolerance == "all"
         self._dead_outcomes = {Outcome.REJECTED} if self._tolerate else set()
@@ -203,7 +206,7 @@ class Pipeline:
         self._drop(revoked)
         writing = self._writing
         if writing is not None and any(
-            o.record.topic_partition in revoked for o in writing.objects
+            o.tracked.topic_partition in revoked for o in writing.objects
         ):
             deadline = time.monotonic() + self._shutdown_s
             while self._writing is writing and time.monotonic() < deadline:
@@ -243,7 +246,7 @@ class Pipeline:
                 kept.append(batch)
         self._ready = kept
         self._letters = deque(
-            letter for letter in self._letters if letter.record.topic_partition not in partitions
+            letter for letter in self._letters if letter.tracked.topic_partition not in partitions
         )
         self._room.set()
 
@@ -289,6 +292,8 @@ class Pipeline:
             self._summary.elapsed_s = time.monotonic() - started
             return self._summary
         subscriptions = [route.subscription for route in self._config.routes]
+        if self._replay and self._dlq is not None:
+            subscriptions = [self._dlq.topic]
         await self._source.start(subscriptions, self)
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
@@ -434,6 +439,8 @@ class Pipeline:
         """Map a run of one partition into batches. A bad record stops the run, or with
         ``errors.tolerance: all`` is dead-lettered and the rest of the run is mapped.
         False when the run stops."""
+        if self._replay:
+            return all(map(self._map_replayed, run))
         mapper, batcher, ready = self._mapper, self._batcher, self._ready
         while True:
             try:
@@ -444,20 +451,43 @@ class Pipeline:
             ready.extend(batcher.add_many(objects))
             if bad is None:
                 return True
-            if not self._tolerate:
-                self._fail(bad)
-                return False
             index = len(objects)  # one object per record, up to the bad one
-            record = run[index]
-            object_type, decoder_class = mapper.describe(record)
-            value_read = bad.kind in (RecordErrorKind.DECODE, RecordErrorKind.SCHEMA_MISMATCH)
-            executing = decoder_class if value_read and not bad.in_key else _MAPPER_CLASS
-            self._dead_letter([DeadLetter(record, bad, object_type, executing)])
-            if self._tripped(bad):
+            if not self._record_failed(run[index], bad):
                 return False
             run = run[index + 1 :]
             if not run:
                 return True
+
+    def _map_replayed(self, fetched: SourceRecord) -> bool:
+        """Map a dead letter as its original record (original coordinates, for derived ids
+        and "latest offset wins"); its offset in the dead-letter topic is what is acked."""
+        try:
+            original = restore(fetched)
+        except RecordError as unreadable:
+            return self._record_failed(fetched, unreadable)
+        try:
+            objects, bad = self._mapper.map_many([original])
+        except ConnectorError as exc:
+            self._fail(exc)
+            return False
+        for obj in objects:
+            obj.fetched = fetched
+        self._ready.extend(self._batcher.add_many(objects))
+        return bad is None or self._record_failed(original, bad, fetched)
+
+    def _record_failed(
+        self, record: SourceRecord, bad: RecordError, fetched: SourceRecord | None = None
+    ) -> bool:
+        """Stop the run at ``bad`` (``errors.tolerance: none``), or dead-letter its record;
+        False when the run stops."""
+        if not self._tolerate:
+            self._fail(bad)
+            return False
+        object_type, decoder_class = self._mapper.describe(record)
+        value_read = bad.kind in (RecordErrorKind.DECODE, RecordErrorKind.SCHEMA_MISMATCH)
+        executing = decoder_class if value_read and not bad.in_key else _MAPPER_CLASS
+        self._dead_letter([DeadLetter(record, bad, object_type, executing, fetched)])
+        return not self._tripped(bad)
 
     def _dead_letter(self, letters: list[DeadLetter]) -> None:
         """Queue ``letters`` for the dead-letter task; their offsets stay un-acked until the
@@ -609,6 +639,8 @@ class Pipeline:
         if failed:
             letters, handled = self._backend_letters(objects[:end], results)
             self._dead_letter(letters)
+        elif self._replay:
+            handled = [o.tracked for o in islice(objects, end)]
         else:
             handled = list(map(_record, islice(objects, end)))
         for (topic, partition, epoch), run in groupby(handled, _run_key):
@@ -639,9 +671,11 @@ class Pipeline:
         for obj, result in zip(objects, results, strict=False):
             if result.outcome in self._dead_outcomes:
                 error = self._failure(obj, result)
-                letters.append(DeadLetter(obj.record, error, obj.object_type.name, executing))
+                letters.append(
+                    DeadLetter(obj.record, error, obj.object_type.name, executing, obj.fetched)
+                )
             else:
-                handled.append(obj.record)
+                handled.append(obj.tracked)
         return letters, handled
 
     @staticmethod
@@ -690,7 +724,7 @@ class Pipeline:
         letters = self._sending
         reports = await dlq.send(letters)
         delivered = [letter for letter, report in zip(letters, reports, strict=True) if not report]
-        records = [letter.record for letter in delivered]
+        records = [letter.tracked for letter in delivered]
         for (topic, partition, epoch), run in groupby(records, _run_key):
             self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
         self._summary.records += len(delivered)
@@ -702,7 +736,8 @@ class Pipeline:
         self._sending = [
             letter
             for letter, report in zip(letters, reports, strict=True)
-            if report and self._tracker.epoch(letter.record.topic_partition) == letter.record.epoch
+            if report
+            and self._tracker.epoch(letter.tracked.topic_partition) == letter.tracked.epoch
         ]
         if self._sending:
             first = next(report for report in reports if report)
