@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ from connector.backends import ObjectResult, Outcome
 from connector.circuit_breaker import CircuitBreaker
 from connector.config import DeadLetterQueueConfig, KafkaConfig, PipelineConfig
 from connector.dlq import DeadLetter, DeadLetterProducer, context_headers
+from connector.dlq_replay import restore
 from connector.errors import ConfigError, Coordinates, RecordError, RecordErrorKind
+from connector.mapping import coordinates_id
 from connector.pipeline import Pipeline
 from connector.records import MappedObject, SourceRecord, TopicPartition
 from tests.fakes import TYPES, FakeBackend, FakeSource, measurement
@@ -223,3 +226,68 @@ def test_tolerance_all_needs_a_dead_letter_topic() -> None:
 async def test_measurement_fixture_is_valid() -> None:
     summary, _, _, letters = await run(tolerant(), {P0: [measurement(0, 1)]})
     assert summary.dead_lettered == 0 and letters.sent == []
+
+
+def dead_letter_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes | None]]:
+    return [
+        ("trace", b"t"),
+        ("__connect.errors.topic", topic.encode()),
+        ("__connect.errors.partition", str(partition).encode()),
+        ("__connect.errors.offset", str(offset).encode()),
+        ("__connect.errors.stage", b"VALUE_CONVERTER"),
+        ("__data_ingest.error.kind", b"decode"),
+    ]
+
+
+def test_restore_gives_the_original_coordinates_and_headers() -> None:
+    letter = SourceRecord("m-dlq", 0, 5, b"k", b"v", 17, 3, dead_letter_headers("m", 2, 40))
+    assert restore(letter) == SourceRecord("m", 2, 40, b"k", b"v", 17, 3, [("trace", b"t")])
+    with pytest.raises(RecordError) as info:
+        restore(SourceRecord("m-dlq", 0, 6, None, b"v", None, 3, [("trace", b"t")]))
+    assert str(info.value).startswith(
+        "rule-violation error at topic 'm-dlq' partition 0 offset 6: a dead letter without "
+        "valid __connect.errors.topic"
+    )
+
+
+class DeadLetterTopic(FakeSource):
+    """Serves the records of a dead-letter topic with their headers."""
+
+    def __init__(self, records: list[tuple[bytes | None, list[tuple[str, bytes | None]]]]) -> None:
+        super().__init__({DLQ_TP: [value for value, _ in records]})
+        self.headers = [headers for _, headers in records]
+
+    async def fetch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        records = await super().fetch(max_records, timeout_s)
+        for record in records:
+            record.headers = self.headers[record.offset]
+        return records
+
+
+DLQ_TP = TopicPartition("m-dlq", 0)
+
+
+async def test_replay_maps_dead_letters_with_their_original_coordinates() -> None:
+    without_id = {k: v for k, v in json.loads(measurement(0, 1)).items() if k != "_id"}
+    records = [
+        (json.dumps(without_id).encode(), dead_letter_headers("m", 1, 7)),
+        (b"still broken", dead_letter_headers("m", 2, 3)),
+        (measurement(0, 2), []),  # not a dead letter of ours: no coordinates
+        (json.dumps(without_id).encode(), dead_letter_headers("m", 1, 7)),  # a duplicate
+    ]
+    source, backend, letters = DeadLetterTopic(records), FakeBackend(), FakeDeadLetters()
+    pipeline = Pipeline(
+        tolerant(), TYPES, source, backend, until_caught_up=True, dead_letters=letters, replay=True
+    )
+    summary = await pipeline.run()
+    assert summary.error is None
+    derived = str(coordinates_id(Coordinates("m", 1, 7)))
+    assert list(backend.stored) == [("Measurement", derived)]
+    assert (summary.inserted, summary.duplicates, summary.dead_lettered) == (1, 1, 2)
+    assert [lt.record.coordinates for lt in letters.sent] == [
+        Coordinates("m", 2, 3),
+        Coordinates("m-dlq", 0, 2),
+    ]
+    assert letters.sent[0].record.headers == [("trace", b"t")]
+    assert [lt.tracked.offset for lt in letters.sent] == [1, 2]
+    assert source.last_commit(DLQ_TP) == 4
