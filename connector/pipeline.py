@@ -603,6 +603,10 @@ class Pipeline:
             except ConnectorError as exc:
                 self._fail(exc, discard=True)
                 return
+            except Exception as exc:  # a bug: stop, rather than leave the fetch loop waiting
+                log.exception("the ingest task failed")
+                self._fail(ConnectorError(f"the ingest task failed: {exc!r}"), discard=True)
+                return
             finally:
                 self._writing = None
                 self._written.set()
