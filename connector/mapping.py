@@ -11,7 +11,6 @@ record errors on asymmetric types (R8).
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,19 +232,19 @@ class Mapper:
         """Map records of one topic in order: the objects up to the first bad record, and
         that record's error (None when all mapped)."""
         binding = self._by_topic.get(records[0].topic) or self._binding(records[0])
-        decoded = None
-        if None not in map(_value, records):
-            with contextlib.suppress(RecordError):  # the bad record is found one by one below
-                decoded = binding.decoder.decode_many(records)
         objects: list[MappedObject] = []
-        try:
-            if decoded is None:
+        if None in map(_value, records):  # tombstones: one at a time
+            try:
                 objects.extend(map(self.map, records))
-            else:
-                objects.extend(map(self._identified, repeat(binding), records, decoded))
+            except RecordError as exc:
+                return objects, exc
+            return objects, None
+        decoded, bad = binding.decoder.decode_many(records)
+        try:
+            objects.extend(map(self._identified, repeat(binding), records, decoded))
         except RecordError as exc:
             return objects, exc
-        return objects, None
+        return objects, bad
 
     def _identified(
         self, binding: _Binding, record: SourceRecord, decoded: tuple[ObjectType, dict[str, Any]]
