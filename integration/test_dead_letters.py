@@ -198,12 +198,11 @@ def test_an_unavailable_dead_letter_topic_is_retried_and_nothing_is_committed_pa
     values = [measurement(topic, 0, i) for i in range(300)]
     values[120] = b"not json"
     produce_records(kafka_bootstrap, topic, [Out(0, v) for v in values[:120]])
-    config = write_config(
-        tmp_path / "pipeline.yaml",
+    config = sqlite_config(
+        tmp_path,
         kafka_bootstrap,
         group,
-        [{"topic": topic, "type": "Measurement", "format": "json"}],
-        {"type": "sqlite", "path": str(tmp_path / "ingest.db")},
+        topic,
         engine=engine,
         errors=errors_section(dlq),
         retry={"initial_backoff_ms": 200, "max_backoff_ms": 1000},
@@ -241,6 +240,18 @@ def test_an_unavailable_dead_letter_topic_is_retried_and_nothing_is_committed_pa
     )
 
 
+def sqlite_config(tmp_path: Path, bootstrap: str, group: str, topic: str, **sections: Any) -> Path:
+    """A pipeline file: ``topic`` as JSON Measurements into ``tmp_path/ingest.db``."""
+    return write_config(
+        tmp_path / "pipeline.yaml",
+        bootstrap,
+        group,
+        [{"topic": topic, "type": "Measurement", "format": "json"}],
+        {"type": "sqlite", "path": str(tmp_path / "ingest.db")},
+        **sections,
+    )
+
+
 def backend_ids(tmp_path: Path) -> list[str]:
     return [row[0] for row in sqlite_rows(tmp_path / "ingest.db", "Measurement")]
 
@@ -251,14 +262,8 @@ def test_circuit_breaker_stops_a_run_where_every_record_fails(
     topic, dlq, group = unique("measurements"), unique("dlq"), unique("group")
     create_topic(kafka_bootstrap, topic, 2)
     produce_records(kafka_bootstrap, topic, [Out(i % 2, b"{broken") for i in range(20_000)])
-    config = write_config(
-        tmp_path / "pipeline.yaml",
-        kafka_bootstrap,
-        group,
-        [{"topic": topic, "type": "Measurement", "format": "json"}],
-        {"type": "sqlite", "path": str(tmp_path / "ingest.db")},
-        errors=errors_section(dlq),  # the defaults: ratio 0.5 over 1000 records
-    )
+    # The breaker's defaults: ratio 0.5 over 1000 records.
+    config = sqlite_config(tmp_path, kafka_bootstrap, group, topic, errors=errors_section(dlq))
     result = run_connector(config)
     assert result.returncode == 1
     assert (
@@ -280,14 +285,7 @@ def test_missing_dead_letter_topic_that_may_not_be_created_stops_at_start(
     create_topic(kafka_bootstrap, topic, 1)
     errors = errors_section(dlq)
     errors["dead_letter_queue"]["create"] = False
-    config = write_config(
-        tmp_path / "pipeline.yaml",
-        kafka_bootstrap,
-        unique("group"),
-        [{"topic": topic, "type": "Measurement", "format": "json"}],
-        {"type": "sqlite", "path": str(tmp_path / "ingest.db")},
-        errors=errors,
-    )
+    config = sqlite_config(tmp_path, kafka_bootstrap, unique("group"), topic, errors=errors)
     result = run_connector(config, timeout=60)
     assert result.returncode == 1
     assert (

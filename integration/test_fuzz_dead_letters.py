@@ -147,29 +147,26 @@ def produce_plan(
     return plan, json_topic, avro_topic
 
 
-def fuzz_config(
-    tmp_path: Path,
-    bootstrap: str,
-    registry_url: str,
-    backend: BackendUnderTest,
-    topics: tuple[str, str],
-    dlq: str,
-) -> tuple[Path, str]:
-    group = unique("group")
+def setup_fuzz(
+    tmp_path: Path, bootstrap: str, registry_url: str, backend: BackendUnderTest
+) -> tuple[Plan, Path, str, str]:
+    """Produce the fuzz records; the plan, the pipeline file, its group and its DLQ topic."""
+    plan, json_topic, avro_topic = produce_plan(bootstrap, registry_url, backend.name, POISON, GOOD)
+    group, dlq = unique("group"), unique("fuzz-dlq")
     config = write_config(
         tmp_path / "pipeline.yaml",
         bootstrap,
         group,
         [
-            {"topic": topics[0], "type": "Measurement", "format": "json"},
-            {"topic": topics[1], "type": "Measurement", "format": "avro"},
+            {"topic": json_topic, "type": "Measurement", "format": "json"},
+            {"topic": avro_topic, "type": "Measurement", "format": "avro"},
         ],
         backend.section(),
         schema_registry={"url": registry_url},
         errors={"tolerance": "all", "dead_letter_queue": {"topic": dlq, "partitions": 3}},
         batching={"max_records": 1000, "max_wait_ms": 100},
     )
-    return config, group
+    return plan, config, group, dlq
 
 
 def check_outcome(
@@ -211,17 +208,8 @@ def test_fuzzed_poison_records_land_in_the_dead_letter_topic_and_nothing_else(
     schema_registry_url: str,
     backend_under_test: BackendUnderTest,
 ) -> None:
-    plan, json_topic, avro_topic = produce_plan(
-        kafka_bootstrap, schema_registry_url, backend_under_test.name, POISON, GOOD
-    )
-    dlq = unique("fuzz-dlq")
-    config, group = fuzz_config(
-        tmp_path,
-        kafka_bootstrap,
-        schema_registry_url,
-        backend_under_test,
-        (json_topic, avro_topic),
-        dlq,
+    plan, config, group, dlq = setup_fuzz(
+        tmp_path, kafka_bootstrap, schema_registry_url, backend_under_test
     )
     started = time.monotonic()
     result = run_connector(config, timeout=1200)
@@ -245,17 +233,8 @@ def test_fuzz_with_5_sigkills_dead_letters_every_poison_record_at_least_once(
     schema_registry_url: str,
     backend_under_test: BackendUnderTest,
 ) -> None:
-    plan, json_topic, avro_topic = produce_plan(
-        kafka_bootstrap, schema_registry_url, backend_under_test.name, POISON, GOOD
-    )
-    dlq = unique("fuzz-dlq")
-    config, group = fuzz_config(
-        tmp_path,
-        kafka_bootstrap,
-        schema_registry_url,
-        backend_under_test,
-        (json_topic, avro_topic),
-        dlq,
+    plan, config, group, dlq = setup_fuzz(
+        tmp_path, kafka_bootstrap, schema_registry_url, backend_under_test
     )
     rng = random.Random(SEED + 1)
     log = tmp_path / "connector.log"
