@@ -101,8 +101,21 @@ def produce_records(bootstrap: str, topic: str, records: Iterable[Out]) -> list[
     return coordinates
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Read]:
-    """Every record of ``topic`` from its start to its current end."""
+def read_topic(
+    bootstrap: str, topic: str, timeout: float = 60.0, *, at_least: int = 0
+) -> list[Read]:
+    """Every record of ``topic`` from its start to its current end; read again (for at most
+    30 s) while there are fewer than ``at_least``: right after a run the broker has been
+    seen to answer a first watermark query with an empty partition."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = _read_once(bootstrap, topic, timeout)
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _read_once(bootstrap: str, topic: str, timeout: float) -> list[Read]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False}
     )

@@ -104,8 +104,8 @@ def test_every_error_kind_gives_its_exact_dead_letter_record(
 
     result = run_connector(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    letters = read_topic(kafka_bootstrap, dlq)
     poison = [1, 3, 4, 6] + ([] if rejected is None else [7])
+    letters = read_topic(kafka_bootstrap, dlq, at_least=len(poison))
     assert summary_of(result.stdout)["dead-lettered"] == str(len(poison))
     assert [origin_offset(r) for r in letters] == poison  # one partition: in order
 
@@ -179,7 +179,7 @@ def test_every_error_kind_gives_its_exact_dead_letter_record(
     again = run_connector(config)  # nothing new: nothing dead-lettered twice
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary_of(again.stdout)["records"] == "0"
-    assert len(read_topic(kafka_bootstrap, dlq)) == len(poison)
+    assert len(read_topic(kafka_bootstrap, dlq, at_least=len(poison))) == len(poison)
 
 
 def origin_offset(record: Read) -> int:
@@ -234,7 +234,7 @@ def test_an_unavailable_dead_letter_topic_is_retried_and_nothing_is_committed_pa
             process.wait(10)
     assert process.returncode == 0, log.read_text()[-3000:]
     assert summary_of(stdout)["dead-lettered"] == "1"
-    assert [origin_offset(r) for r in read_topic(kafka_bootstrap, dlq)] == [120]
+    assert [origin_offset(r) for r in read_topic(kafka_bootstrap, dlq, at_least=1)] == [120]
     assert sorted(backend_ids(tmp_path)) == sorted(
         measurement_id(topic, 0, i) for i in range(300) if i != 120
     )

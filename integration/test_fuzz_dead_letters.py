@@ -179,7 +179,7 @@ def check_outcome(
     exact: bool,
 ) -> int:
     """The delivery promise after a fuzz run; returns how many dead-letter records there are."""
-    letters = read_topic(bootstrap, dlq, timeout=300)
+    letters = read_topic(bootstrap, dlq, timeout=300, at_least=len(plan.poison))
     coordinates = [origin(r) for r in letters]
     assert set(coordinates) == set(plan.poison), (
         f"missing {len(set(plan.poison) - set(coordinates))}, "
