@@ -23,8 +23,10 @@ class CircuitBreaker:
         self._failures = 0
 
     def count(self, records: int, failures: int = 0) -> None:
-        """Count ``records`` handled, of which ``failures`` failed."""
-        if not records:
+        """Count ``records`` handled, of which ``failures`` failed. Records are counted when
+        they are mapped, so that the window follows the order records arrive in; a record
+        that fails later (in the backend) adds a failure with ``records`` 0."""
+        if not records and not failures:
             return
         self._runs.append((records, failures))
         self._records += records
@@ -38,7 +40,7 @@ class CircuitBreaker:
 
     @property
     def ratio(self) -> float:
-        return self._failures / self._records if self._records else 0.0
+        return min(1.0, self._failures / self._records) if self._records else 0.0
 
     def tripped(self) -> bool:
         """True when the window is full and its failure ratio exceeds ``max_ratio``."""

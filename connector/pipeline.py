@@ -449,6 +449,7 @@ class Pipeline:
                 self._fail(exc)
                 return False
             ready.extend(batcher.add_many(objects))
+            self._breaker.count(len(objects))
             if bad is None:
                 return True
             index = len(objects)  # one object per record, up to the bad one
@@ -473,6 +474,7 @@ class Pipeline:
         for obj in objects:
             obj.fetched = fetched
         self._ready.extend(self._batcher.add_many(objects))
+        self._breaker.count(len(objects))
         return bad is None or self._record_failed(original, bad, fetched)
 
     def _record_failed(
@@ -495,9 +497,10 @@ class Pipeline:
         self._letters.extend(letters)
         self._letter_ready.set()
 
-    def _tripped(self, last: RecordError) -> bool:
-        """Count one failed record; stop the run when the circuit breaker trips."""
-        self._breaker.count(1, 1)
+    def _tripped(self, last: RecordError, records: int = 1) -> bool:
+        """Count one failure (of a record not counted yet: ``records`` 1, or of one counted
+        when it was mapped: 0); stop the run when the circuit breaker trips."""
+        self._breaker.count(records, 1)
         if not self._breaker.tripped():
             return False
         self._fail(
@@ -649,10 +652,9 @@ class Pipeline:
             handled = list(map(_record, islice(objects, end)))
         for (topic, partition, epoch), run in groupby(handled, _run_key):
             self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
-        self._breaker.count(end - failed)
-        if failed:
-            self._breaker.count(failed - 1, failed - 1)
-            if self._tripped(letters[-1].error):
+        if failed:  # records counted as mapped: now counted as failed as well
+            self._breaker.count(0, failed - 1)
+            if self._tripped(letters[-1].error, records=0):
                 return False
         if end == len(objects):
             return True
