@@ -11,7 +11,7 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format soak bench clean
+.PHONY: help venv kafka services quickstart test unit integration lint format soak bench fuzz clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint         ruff check and format check, mypy --strict on connector/"
 	@echo "make soak         bench/chaos.py: >= 100 SIGKILLs and membership changes (minutes)"
 	@echo "make bench        bench/bench.py: ours vs ceilings and peers, 1M records (long)"
+	@echo "make fuzz         the dead-letter fuzz at full size: 10,000 poison + 50,000 good records"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
 $(BIN)/.installed: pyproject.toml
@@ -70,6 +71,10 @@ soak: venv kafka services
 BENCH_ARGS ?=
 bench: venv kafka services
 	$(BIN)/python bench/bench.py --update-readme $(BENCH_ARGS)
+
+# Not part of `make test` at this size (the suite runs 1,000 + 5,000): minutes per backend.
+fuzz: venv kafka services
+	DATA_INGEST_FUZZ=full $(BIN)/python -m pytest -ra -s integration/test_fuzz_dead_letters.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,6 +1,7 @@
 """End-to-end ingest throughput of each backend next to the consume+decode ceiling.
 
     python bench/ingest.py [--records N] [--partitions P] [--skip mongodb,...]
+                           [--poison-ratio R]
 
 One run, all on this machine: starts the project's Kafka broker, Schema Registry,
 PostgreSQL and MongoDB-wire (FerretDB) servers, produces N Measurement records in the
@@ -16,6 +17,11 @@ each time as a fresh process and a fresh consumer group reading all N records:
 Each target runs once per Kafka engine (``--engines``, default both); a target's ratio is to
 the ceiling of the same engine.
 
+With ``--poison-ratio R`` (e.g. 0.01) a second topic holds the same records with a share R
+replaced by poison (random bytes, a wrong magic byte, truncated Avro), and each target also
+runs on it with ``errors.tolerance: all`` (a dead-letter topic of its own); the table then
+adds that run's steady rate as a ratio to the clean run of the same target and engine.
+
 For each: records/s over the whole run and steady records/s (after the first record
 arrived, i.e. without process start and joining the group), from the connector's own
 summary; CPU seconds per million records and peak RSS of the connector process (wait4);
@@ -30,6 +36,7 @@ import datetime as dt
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -83,7 +90,26 @@ def run_ceiling(config_path: str) -> int:
     return 0 if summary.error is None else 1
 
 
-def produce(bootstrap: str, topic: str, registry_url: str, count: int, partitions: int) -> None:
+def poisoned(value: bytes, rng: random.Random) -> bytes:
+    """A poison record in place of ``value``: random bytes, a wrong magic byte, truncated."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        return b"\xff" + rng.randbytes(24)
+    if choice == 1:
+        return b"\x07" + value[1:]
+    return value[: len(value) - 9]
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    registry_url: str,
+    count: int,
+    partitions: int,
+    poison_ratio: float = 0.0,
+) -> int:
+    """Produce ``count`` Measurements, a share ``poison_ratio`` of them poison (seeded);
+    returns how many are poison."""
     from confluent_kafka import Producer
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
@@ -97,6 +123,8 @@ def produce(bootstrap: str, topic: str, registry_url: str, count: int, partition
     )
     start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     parsed = target.parsed
+    rng = random.Random(20261203)
+    poison = 0
     for i in range(count):
         body = io.BytesIO()
         fastavro.schemaless_writer(
@@ -109,15 +137,20 @@ def produce(bootstrap: str, topic: str, registry_url: str, count: int, partition
                 "timestamp": start + dt.timedelta(milliseconds=i),
             },
         )
+        value = header + body.getvalue()
+        if poison_ratio and rng.random() < poison_ratio:
+            value = poisoned(value, rng)
+            poison += 1
         while True:
             try:
-                producer.produce(topic, header + body.getvalue(), partition=i % partitions)
+                producer.produce(topic, value, partition=i % partitions)
                 break
             except BufferError:
                 producer.poll(0.1)
         if i % 10_000 == 0:
             producer.poll(0)
     assert producer.flush(120) == 0
+    return poison
 
 
 def measure(command: list[str], workdir: Path, name: str) -> dict[str, Any]:
@@ -144,6 +177,12 @@ def main() -> int:
     parser.add_argument(
         "--engines", default="confluent,aiokafka", help="comma-separated Kafka engines to run"
     )
+    parser.add_argument(
+        "--poison-ratio",
+        type=float,
+        default=0.0,
+        help="also run every target on a topic with this share of poison records (e.g. 0.01)",
+    )
     parser.add_argument("--ceiling-child", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ceiling_child:
@@ -163,15 +202,26 @@ def main() -> int:
         PostgresServer() as postgres,
         MongoWireServer() as mongo,
     ):
-        topic = "bench-measurements"
-        create_topic(broker.bootstrap_servers, topic, args.partitions)
-        began = time.monotonic()
-        produce(broker.bootstrap_servers, topic, registry.url, args.records, args.partitions)
-        print(
-            f"produced {args.records:,} Avro Measurements over {args.partitions} partitions "
-            f"in {time.monotonic() - began:.1f} s",
-            flush=True,
-        )
+        topic, poisoned_topic = "bench-measurements", "bench-poisoned"
+        topics = {"": topic}
+        if args.poison_ratio:
+            topics["+poison"] = poisoned_topic
+        for suffix, name in topics.items():
+            create_topic(broker.bootstrap_servers, name, args.partitions)
+            began = time.monotonic()
+            poison = produce(
+                broker.bootstrap_servers,
+                name,
+                registry.url,
+                args.records,
+                args.partitions,
+                args.poison_ratio if suffix else 0.0,
+            )
+            print(
+                f"produced {args.records:,} Avro Measurements ({poison:,} poison) over "
+                f"{args.partitions} partitions in {time.monotonic() - began:.1f} s",
+                flush=True,
+            )
         targets: dict[str, dict[str, Any]] = {
             "ceiling": {"type": "sqlite", "path": str(workdir / "unused.db")},
             "sqlite": {"type": "sqlite", "path": str(workdir / "bench.db")},
@@ -185,14 +235,31 @@ def main() -> int:
         }
         results: dict[str, dict[str, Any]] = {}
         runs = [
-            (engine, name, backend)
+            (engine, name, backend, suffix)
             for engine in args.engines.split(",")
             for name, backend in targets.items()
+            for suffix in topics
             if name not in skip
         ]
-        for engine, target, backend in runs:
-            name = f"{target}/{engine}"
-            path = workdir / f"{target}-{engine}.yaml"
+        for engine, target, backend, suffix in runs:
+            name = f"{target}{suffix}/{engine}"
+            path = workdir / f"{target}{suffix}-{engine}.yaml"
+            errors: dict[str, Any] = {}
+            if suffix and target != "ceiling":
+                # A namespace of its own: into the clean run's, every object is a duplicate.
+                backend = {
+                    **backend,
+                    **{
+                        "sqlite": {"path": str(workdir / "bench-poison.db")},
+                        "postgres": {"schema": "bench_poison"},
+                        "mongodb": {"database": "bench_poison"},
+                    }[target],
+                }
+            if suffix:
+                errors = {
+                    "tolerance": "all",
+                    "dead_letter_queue": {"topic": f"dlq-{target}-{engine}"},
+                }
             path.write_text(
                 yaml.safe_dump(
                     {
@@ -203,9 +270,12 @@ def main() -> int:
                         },
                         "schemas": {"dir": str(ROOT / "avro")},
                         "schema_registry": {"url": registry.url},
-                        "routes": [{"topic": topic, "type": "Measurement", "format": "avro"}],
+                        "routes": [
+                            {"topic": topics[suffix], "type": "Measurement", "format": "avro"}
+                        ],
                         "backend": backend,
                         "batching": BATCHING,
+                        "errors": errors,
                     }
                 )
             )
@@ -230,11 +300,12 @@ def main() -> int:
     )
     header = (
         f"{'target':<20} {'records/s':>10} {'steady/s':>10} {'CPU s / 1M':>11} "
-        f"{'peak RSS MB':>12} {'ratio':>6}"
+        f"{'peak RSS MB':>12} {'ratio':>6} {'vs clean':>9}"
     )
     print(header)
     print("-" * len(header))
     ceilings: dict[str, float] = {}
+    clean: dict[str, float] = {}
     for name, result in results.items():
         summary, usage = result["summary"], result["usage"]
         records = int(summary["records"])
@@ -246,9 +317,15 @@ def main() -> int:
         rss = usage.ru_maxrss / 1024
         engine = name.split("/")[1]
         base = ceilings.setdefault(engine, steady)  # each engine's own ceiling comes first
+        target = name.split("/")[0]
+        versus = ""
+        if target.endswith("+poison"):
+            versus = f"{steady / clean[target.removesuffix('+poison') + '/' + engine]:>9.2f}"
+        else:
+            clean[name] = steady
         print(
             f"{name:<20} {rate:>10,.0f} {steady:>10,.0f} {cpu:>11.1f} {rss:>12.0f} "
-            f"{steady / base:>6.2f}"
+            f"{steady / base:>6.2f} {versus}"
         )
         if records != args.records:
             print(f"  warning: {name} processed {records:,} records, expected {args.records:,}")

@@ -30,7 +30,7 @@ class Batch:
 
     def drop(self, partitions: set[TopicPartition]) -> None:
         """Remove the objects of ``partitions`` (revoked: they must not be written)."""
-        kept = [o for o in self.objects if o.record.topic_partition not in partitions]
+        kept = [o for o in self.objects if o.tracked.topic_partition not in partitions]
         if len(kept) != len(self.objects):
             self.objects = kept
             self.size = sum(o.size for o in kept)

@@ -462,10 +462,42 @@ class ReleaseConfig(_Section):
     interval_ms: int = Field(default=60_000, ge=100)
 
 
-class ErrorsConfig(_Section):
-    """What a conflict does: ``report`` logs it and goes on, ``stop`` stops the run there."""
+class DeadLetterQueueConfig(_Section):
+    """The dead-letter topic: where failing records go with ``errors.tolerance: all``."""
 
-    conflict: Literal["report", "stop"] = "report"
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=1, ge=1, le=10_000)
+    replication_factor: int = Field(default=-1, ge=-1, le=32)  # -1: the broker's default
+    create: bool = True  # create the topic at start-up when it is missing
+    context_headers: bool = True  # add the __connect.errors.* and __data_ingest.* headers
+    delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)
+
+
+class ErrorsConfig(_Section):
+    """What a record error does.
+
+    ``tolerance: none`` stops the run at the failing record; ``all`` sends it to the
+    dead-letter topic and goes on. A conflict is logged (``report``), stops the run
+    (``stop``) or is dead-lettered (``dlq``). ``max_failure_ratio`` over the last
+    ``failure_window`` records stops a run in which most records fail.
+    """
+
+    tolerance: Literal["none", "all"] = "none"
+    conflict: Literal["report", "stop", "dlq"] = "report"
+    dead_letter_queue: DeadLetterQueueConfig | None = None
+    max_failure_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    failure_window: int = Field(default=1000, ge=10, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _needs_topic(self) -> ErrorsConfig:
+        if self.dead_letter_queue is None and self.tolerance == "all":
+            raise ValueError(
+                "tolerance: all needs a dead_letter_queue section with its topic "
+                "(failing records go there, never nowhere)"
+            )
+        if self.dead_letter_queue is None and self.conflict == "dlq":
+            raise ValueError("conflict: dlq needs a dead_letter_queue section with its topic")
+        return self
 
 
 class PipelineConfig(_Section):

@@ -37,6 +37,7 @@ class RecordErrorKind(StrEnum):
     DECODE = "decode"
     SCHEMA_MISMATCH = "schema-mismatch"
     RULE_VIOLATION = "rule-violation"
+    BACKEND_REJECTION = "backend-rejection"
     CONFLICT = "conflict"
 
 
@@ -55,10 +56,13 @@ class Coordinates:
 class RecordError(ConnectorError):
     """One record cannot be ingested. The message is one line naming where and why."""
 
-    def __init__(self, kind: RecordErrorKind, where: Coordinates, cause: str) -> None:
+    def __init__(
+        self, kind: RecordErrorKind, where: Coordinates, cause: str, *, in_key: bool = False
+    ) -> None:
         self.kind = kind
         self.where = where
         self.cause = cause
+        self.in_key = in_key  # the record key, not its value, could not be read
         super().__init__(f"{kind} error at {where}: {cause}")
 
 

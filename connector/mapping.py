@@ -11,7 +11,6 @@ record errors on asymmetric types (R8).
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,6 +196,17 @@ class Mapper:
             self._by_topic[record.topic] = found
         return found
 
+    def describe(self, record: SourceRecord) -> tuple[str | None, str]:
+        """The object type of ``record``'s route (None when it comes from the writer
+        schema or no route matches) and the qualified class name of its decoder."""
+        try:
+            binding = self._binding(record)
+        except RecordError:
+            return None, f"{Mapper.__module__}.{Mapper.__qualname__}"
+        decoder = type(binding.decoder)
+        target = binding.target.name if binding.target is not None else None
+        return target, f"{decoder.__module__}.{decoder.__qualname__}"
+
     async def prepare(self, records: list[SourceRecord]) -> None:
         """Let decoders fetch what they need (writer schemas) for ``records``; may retry."""
         pending: dict[int, tuple[_Binding, list[SourceRecord]]] = {}
@@ -222,19 +232,19 @@ class Mapper:
         """Map records of one topic in order: the objects up to the first bad record, and
         that record's error (None when all mapped)."""
         binding = self._by_topic.get(records[0].topic) or self._binding(records[0])
-        decoded = None
-        if None not in map(_value, records):
-            with contextlib.suppress(RecordError):  # the bad record is found one by one below
-                decoded = binding.decoder.decode_many(records)
         objects: list[MappedObject] = []
-        try:
-            if decoded is None:
+        if None in map(_value, records):  # tombstones: one at a time
+            try:
                 objects.extend(map(self.map, records))
-            else:
-                objects.extend(map(self._identified, repeat(binding), records, decoded))
+            except RecordError as exc:
+                return objects, exc
+            return objects, None
+        decoded, bad = binding.decoder.decode_many(records)
+        try:
+            objects.extend(map(self._identified, repeat(binding), records, decoded))
         except RecordError as exc:
             return objects, exc
-        return objects, None
+        return objects, bad
 
     def _identified(
         self, binding: _Binding, record: SourceRecord, decoded: tuple[ObjectType, dict[str, Any]]
@@ -315,4 +325,5 @@ class Mapper:
                 RecordErrorKind.DECODE,
                 record.coordinates,
                 f"the record key is not a {target.id_type} _id of {target.name} ({exc})",
+                in_key=True,
             ) from None

@@ -15,6 +15,11 @@ A revoked partition is fenced: its objects not yet in the backend are dropped, a
 batch in the backend is waited for (bounded) before the commit on revoke. A failing record
 stops the run there: nothing queued behind it is written. Every shutdown step is bounded,
 so the whole shutdown ends within ``shutdown.timeout_ms`` whatever the group is doing.
+
+With ``errors.tolerance: all`` a failing record goes to the dead-letter topic instead (a
+fourth task, dead-letter, produces it); its offset is acked only when the broker has
+acknowledged its dead-letter record, so the contiguous-ack rule keeps every later offset
+uncommitted until then.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from typing import TypeVar
 
 from connector.backends import Backend, ObjectResult, Outcome
 from connector.batching import Batch, Batcher
+from connector.circuit_breaker import CircuitBreaker
 from connector.config import PipelineConfig
+from connector.dlq import DeadLetter, DeadLetterProducer
+from connector.dlq_replay import restore
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
 from connector.mapping import Mapper
 from connector.observer import PipelineObserver
@@ -59,6 +67,7 @@ _run_key = attrgetter("topic", "partition", "epoch")  # records of one partition
 _offset = attrgetter("offset")
 _record = attrgetter("record")
 _outcome = attrgetter("outcome")
+_MAPPER_CLASS = f"{Mapper.__module__}.{Mapper.__qualname__}"
 
 
 class _Interrupted(Exception):
@@ -80,6 +89,7 @@ class RunSummary:
     rejected: int = 0
     upserted: int = 0
     deleted: int = 0
+    dead_lettered: int = 0
     elapsed_s: float = 0.0
     startup_s: float | None = None  # until the first record arrived (joining the group, ...)
     error: str | None = None
@@ -97,6 +107,7 @@ class RunSummary:
             f"rejected:   {self.rejected}",
             f"upserted:   {self.upserted}",
             f"deleted:    {self.deleted}",
+            f"dead-lettered: {self.dead_lettered}",
             f"elapsed:    {self.elapsed_s:.2f} s",
             "startup:    "
             + (
@@ -122,6 +133,8 @@ class Pipeline:
         assignment_timeout_s: float = 60.0,
         pause_after_s: float = PAUSE_AFTER_S,
         observer: PipelineObserver | None = None,
+        dead_letters: DeadLetterProducer | None = None,
+        replay: bool = False,
     ) -> None:
         self._config = config
         self._source = source
@@ -152,6 +165,28 @@ class Pipeline:
         self._observer = observer or PipelineObserver()
         self._held = False  # paused by the operator (REST): every partition stays paused
         self.started = False  # the backend is open and the consumer subscribed
+        self._replay = replay  # the Source serves dead letters, each replayed as its original
+        errors = config.errors
+        self._tolerate = errors.tolerance == "all"
+        self._dead_outcomes = {Outcome.REJECTED} if self._tolerate else set()
+        if errors.conflict == "dlq":
+            self._dead_outcomes.add(Outcome.CONFLICT)
+        self._stopping_outcomes = set()
+        if not self._tolerate:
+            self._stopping_outcomes.add(Outcome.REJECTED)
+        if errors.conflict == "stop":
+            self._stopping_outcomes.add(Outcome.CONFLICT)
+        if dead_letters is None and errors.dead_letter_queue is not None:
+            dead_letters = DeadLetterProducer(
+                config.kafka, errors.dead_letter_queue, config.kafka.group_id, 0
+            )
+        self._dlq = dead_letters
+        self._letters: deque[DeadLetter] = deque()  # waiting for the dead-letter task
+        self._sending: list[DeadLetter] = []  # being produced right now
+        self._max_letters = config.batching.max_records * self._max_ready
+        self._letter_ready = asyncio.Event()
+        self._letters_closing = False
+        self._breaker = CircuitBreaker(errors.max_failure_ratio, errors.failure_window)
 
     # --- rebalance listener ------------------------------------------------------------
 
@@ -176,7 +211,7 @@ class Pipeline:
         self._drop(revoked)
         writing = self._writing
         if writing is not None and any(
-            o.record.topic_partition in revoked for o in writing.objects
+            o.tracked.topic_partition in revoked for o in writing.objects
         ):
             deadline = time.monotonic() + self._shutdown_s
             while self._writing is writing and time.monotonic() < deadline:
@@ -215,6 +250,9 @@ class Pipeline:
             if batch.objects:
                 kept.append(batch)
         self._ready = kept
+        self._letters = deque(
+            letter for letter in self._letters if letter.tracked.topic_partition not in partitions
+        )
         self._room.set()
 
     # --- control -----------------------------------------------------------------------
@@ -264,6 +302,7 @@ class Pipeline:
         if discard:
             self._discard = True
             self._ready.clear()
+            self._letters.clear()
         self.request_stop()
 
     # --- run ---------------------------------------------------------------------------
@@ -273,6 +312,8 @@ class Pipeline:
         started = self._started = time.monotonic()
         try:
             await self._retrying(self._backend.open, "backend connection", self._stop)
+            if self._dlq is not None:
+                await self._retrying(self._dlq.ensure_topic, "dead-letter topic check", self._stop)
             await self._releaser.check()
         except (_Interrupted, ConnectorError) as exc:
             if isinstance(exc, ConnectorError):
@@ -283,18 +324,21 @@ class Pipeline:
             self._summary.elapsed_s = time.monotonic() - started
             return self._summary
         subscriptions = [route.subscription for route in self._config.routes]
+        if self._replay and self._dlq is not None:
+            subscriptions = [self._dlq.topic]
         await self._source.start(subscriptions, self)
         self.started = True
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
         progress_task = asyncio.create_task(self._progress_loop(started), name="progress")
+        letter_task = asyncio.create_task(self._dead_letter_loop(), name="dead-letter")
         try:
             await self._fetch_loop()
         except ConnectorError as exc:
             self._fail(exc)
         finally:
             deadline = time.monotonic() + self._shutdown_s
-            await self._drain(ingest_task, deadline)
+            await self._drain(ingest_task, letter_task, deadline)
             for task in (commit_task, progress_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -302,15 +346,22 @@ class Pipeline:
             await self._bounded(self._commit_now(final=True), _left(deadline), "the final commit")
             await self._source.close(max(_left(deadline), CLOSE_MIN_S))
             await self._bounded(self._backend.close(), CLOSE_MIN_S, "closing the backend")
+            if self._dlq is not None:
+                await self._bounded(
+                    self._dlq.close(CLOSE_MIN_S), CLOSE_MIN_S, "closing the dead-letter producer"
+                )
             self._summary.elapsed_s = time.monotonic() - started
         if self._error is not None:
             self._summary.error = str(self._error)
         return self._summary
 
-    async def _drain(self, ingest_task: asyncio.Task[None], deadline: float) -> None:
-        """Let the ingest task write what is batched, within the shutdown timeout.
+    async def _drain(
+        self, ingest_task: asyncio.Task[None], letter_task: asyncio.Task[None], deadline: float
+    ) -> None:
+        """Let the ingest task write what is batched, then the dead-letter task produce what
+        the writes and the mapping dead-lettered, within the shutdown timeout.
 
-        After a failure nothing more is written; on abandon the in-flight batch is given up.
+        After a failure nothing more is written; on abandon the in-flight work is given up.
         Part of the timeout is kept for the commit and for leaving the group.
         """
         if not self._discard and not self._abandon.is_set():
@@ -319,21 +370,30 @@ class Pipeline:
                 self._ready.append(last)
         self._closing = True
         self._work.set()
-        budget = max(0.0, deadline - time.monotonic() - min(CLOSE_RESERVE_S, self._shutdown_s / 3))
+        end = deadline - min(CLOSE_RESERVE_S, self._shutdown_s / 3)
+        await self._finish(ingest_task, end, "the in-flight batch")
+        self._letters_closing = True
+        self._letter_ready.set()
+        await self._finish(letter_task, end, "the dead-letter records not yet acknowledged")
+
+    async def _finish(self, task: asyncio.Task[None], end: float, what: str) -> None:
+        """Wait for ``task`` until ``end`` (monotonic) or an abandon; past that, cancel it."""
+        budget = max(0.0, end - time.monotonic())
         abandon = asyncio.create_task(self._abandon.wait())
         done, _ = await asyncio.wait(
-            {ingest_task, abandon}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
+            {task, abandon}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
         )
         abandon.cancel()
-        if ingest_task not in done:
+        if task not in done:
             log.warning(
-                "shutdown: abandoning the in-flight batch after %.1f s; its records are not "
-                "committed and will be read again on the next start",
+                "shutdown: abandoning %s after %.1f s; those records are not committed and "
+                "will be read again on the next start",
+                what,
                 budget,
             )
-            ingest_task.cancel()
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await ingest_task
+            await task
 
     @staticmethod
     async def _bounded(call: Awaitable[None], timeout_s: float, what: str) -> None:
@@ -377,16 +437,10 @@ class Pipeline:
                 )
                 if not count and error is None:
                     continue
-                try:
-                    objects, bad = self._mapper.map_many(run[:count]) if count else ([], None)
-                except ConnectorError as exc:
-                    self._fail(exc)
+                if count and not self._map_run(run[:count]):
                     return
-                ready.extend(batcher.add_many(objects))
-                # A record error, or the partition going backwards after the mapped records.
-                failure = bad or error
-                if failure is not None:
-                    self._fail(failure)
+                if error is not None:  # the partition went backwards after the mapped records
+                    self._fail(error)
                     return
             if batcher.due():
                 batch = batcher.take()
@@ -414,6 +468,84 @@ class Pipeline:
                     log.info("caught up: no lag on %d partition(s)", len(self._assigned))
                     return
 
+    def _map_run(self, run: list[SourceRecord]) -> bool:
+        """Map a run of one partition into batches. A bad record stops the run, or with
+        ``errors.tolerance: all`` is dead-lettered and the rest of the run is mapped.
+        False when the run stops."""
+        if self._replay:
+            return all(map(self._map_replayed, run))
+        mapper, batcher, ready = self._mapper, self._batcher, self._ready
+        while True:
+            try:
+                objects, bad = mapper.map_many(run)
+            except ConnectorError as exc:
+                self._fail(exc)
+                return False
+            ready.extend(batcher.add_many(objects))
+            self._breaker.count(len(objects))
+            if bad is None:
+                return True
+            index = len(objects)  # one object per record, up to the bad one
+            if not self._record_failed(run[index], bad):
+                return False
+            run = run[index + 1 :]
+            if not run:
+                return True
+
+    def _map_replayed(self, fetched: SourceRecord) -> bool:
+        """Map a dead letter as its original record (original coordinates, for derived ids
+        and "latest offset wins"); its offset in the dead-letter topic is what is acked."""
+        try:
+            original = restore(fetched)
+        except RecordError as unreadable:
+            return self._record_failed(fetched, unreadable)
+        try:
+            objects, bad = self._mapper.map_many([original])
+        except ConnectorError as exc:
+            self._fail(exc)
+            return False
+        for obj in objects:
+            obj.fetched = fetched
+        self._ready.extend(self._batcher.add_many(objects))
+        self._breaker.count(len(objects))
+        return bad is None or self._record_failed(original, bad, fetched)
+
+    def _record_failed(
+        self, record: SourceRecord, bad: RecordError, fetched: SourceRecord | None = None
+    ) -> bool:
+        """Stop the run at ``bad`` (``errors.tolerance: none``), or dead-letter its record;
+        False when the run stops."""
+        if not self._tolerate:
+            self._fail(bad)
+            return False
+        object_type, decoder_class = self._mapper.describe(record)
+        value_read = bad.kind in (RecordErrorKind.DECODE, RecordErrorKind.SCHEMA_MISMATCH)
+        executing = decoder_class if value_read and not bad.in_key else _MAPPER_CLASS
+        self._dead_letter([DeadLetter(record, bad, object_type, executing, fetched)])
+        return not self._tripped(bad)
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        """Queue ``letters`` for the dead-letter task; their offsets stay un-acked until the
+        broker acknowledged their dead-letter records."""
+        self._letters.extend(letters)
+        self._letter_ready.set()
+
+    def _tripped(self, last: RecordError, records: int = 1) -> bool:
+        """Count one failure (of a record not counted yet: ``records`` 1, or of one counted
+        when it was mapped: 0); stop the run when the circuit breaker trips."""
+        self._breaker.count(records, 1)
+        if not self._breaker.tripped():
+            return False
+        self._fail(
+            ConnectorError(
+                f"circuit breaker: {self._breaker.describe()}; the last one: {last}. Fix the "
+                "producer or the schema, then restart; nothing past the last handled record "
+                "is committed"
+            ),
+            discard=True,
+        )
+        return True
+
     async def _prepare(self, records: list[SourceRecord]) -> bool:
         """Let the decoders fetch writer schemas, retrying while the registry is down."""
         try:
@@ -434,11 +566,11 @@ class Pipeline:
         wait costs nothing. Pausing discards that prefetched data, so it is kept for long
         stalls (a backend outage), where we must keep polling to stay in the group.
         """
-        if len(self._ready) >= self._max_ready and not self._paused and not self._held:
+        if self._congested() and not self._paused and not self._held:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), self._pause_after_s)
-        if self._held or len(self._ready) >= self._max_ready:
+        if self._held or self._congested():
             newly = sorted(self._assigned - self._paused, key=str)
             if newly:
                 await self._source.pause(newly)
@@ -448,13 +580,27 @@ class Pipeline:
             self._paused.clear()
             await self._source.resume(paused)
 
+    def _congested(self) -> bool:
+        """Too many closed batches or dead letters wait for their task."""
+        return (
+            len(self._ready) >= self._max_ready
+            or len(self._letters) + len(self._sending) >= self._max_letters
+        )
+
     async def _caught_up(self) -> bool:
         """True when every assigned partition is ingested up to its end.
 
         The consumer's position is compared with the high watermark: unlike "last fetched
         offset + 1" it moves past transaction markers, which are never delivered.
         """
-        if self._ready or len(self._batcher) or self._writing or self._tracker.in_flight():
+        if (
+            self._ready
+            or len(self._batcher)
+            or self._writing
+            or self._letters
+            or self._sending
+            or self._tracker.in_flight()
+        ):
             return False
         assigned = sorted(self._assigned, key=str)
         marks = await self._source.watermarks(assigned)
@@ -493,6 +639,10 @@ class Pipeline:
             except ConnectorError as exc:
                 self._fail(exc, discard=True)
                 return
+            except Exception as exc:  # a bug: stop, rather than leave the fetch loop waiting
+                log.exception("the ingest task failed")
+                self._fail(ConnectorError(f"the ingest task failed: {exc!r}"), discard=True)
+                return
             finally:
                 self._writing = None
                 self._written.set()
@@ -510,49 +660,132 @@ class Pipeline:
             return False
         objects, summary = batch.objects, self._summary
         outcomes = list(map(_outcome, results))
-        stopping = [Outcome.REJECTED]
-        if self._config.errors.conflict == "stop":
-            stopping.append(Outcome.CONFLICT)
+        stopping = self._stopping_outcomes
         # Every object before the first one that stops the run counts and is acked.
         end = min((outcomes.index(o) for o in stopping if o in outcomes), default=len(outcomes))
         counts = Counter(islice(outcomes, end))
         seen = min(end + 1, len(objects))  # with the object that stops the run, if any
         self._observer.acknowledged(objects[:seen], outcomes[:seen])
-        summary.records += end
+        failed = sum(counts[o] for o in self._dead_outcomes)
+        summary.records += end - failed  # dead letters count once their produce is acked
         summary.inserted += counts[Outcome.INSERTED]
         summary.duplicates += counts[Outcome.DUPLICATE]
         summary.conflicts += counts[Outcome.CONFLICT]
+        summary.rejected += counts[Outcome.REJECTED]
         summary.upserted += counts[Outcome.UPSERTED]
         summary.deleted += counts[Outcome.DELETED]
-        if counts[Outcome.CONFLICT]:
+        if counts[Outcome.CONFLICT] and Outcome.CONFLICT not in self._dead_outcomes:
             for obj, result in zip(objects[:end], results, strict=False):
                 if result.outcome is Outcome.CONFLICT:
-                    log.warning("%s", self._conflict(obj, result))
-        acked = list(map(_record, islice(objects, end)))
-        for (topic, partition, epoch), run in groupby(acked, _run_key):
+                    log.warning("%s", self._failure(obj, result))
+        if failed:
+            letters, handled = self._backend_letters(objects[:end], results)
+            self._dead_letter(letters)
+        elif self._replay:
+            handled = [o.tracked for o in islice(objects, end)]
+        else:
+            handled = list(map(_record, islice(objects, end)))
+        for (topic, partition, epoch), run in groupby(handled, _run_key):
             self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
+        if failed:  # records counted as mapped: now counted as failed as well
+            self._breaker.count(0, failed - 1)
+            if self._tripped(letters[-1].error, records=0):
+                return False
         if end == len(objects):
             return True
         obj, result = objects[end], results[end]
         if result.outcome is Outcome.REJECTED:
             summary.rejected += 1
-            self._fail(
-                RecordError(
-                    RecordErrorKind.RULE_VIOLATION,
-                    obj.record.coordinates,
-                    f"the backend rejected {obj.object_type.name} _id {obj.object_id!r}: "
-                    f"{result.reason}",
-                ),
-                discard=True,
-            )
         else:
             summary.conflicts += 1
-            self._fail(self._conflict(obj, result), discard=True)
+        self._fail(self._failure(obj, result), discard=True)
         return False
 
+    def _backend_letters(
+        self, objects: list[MappedObject], results: list[ObjectResult]
+    ) -> tuple[list[DeadLetter], list[SourceRecord]]:
+        """The dead letters of a write, and the records of the other (handled) objects."""
+        letters: list[DeadLetter] = []
+        handled: list[SourceRecord] = []
+        backend = type(self._backend)
+        executing = f"{backend.__module__}.{backend.__qualname__}"
+        for obj, result in zip(objects, results, strict=False):
+            if result.outcome in self._dead_outcomes:
+                error = self._failure(obj, result)
+                letters.append(
+                    DeadLetter(obj.record, error, obj.object_type.name, executing, obj.fetched)
+                )
+            else:
+                handled.append(obj.tracked)
+        return letters, handled
+
     @staticmethod
-    def _conflict(obj: MappedObject, result: ObjectResult) -> RecordError:
+    def _failure(obj: MappedObject, result: ObjectResult) -> RecordError:
+        """The record error of a rejected or conflicting object."""
+        if result.outcome is Outcome.REJECTED:
+            return RecordError(
+                RecordErrorKind.BACKEND_REJECTION,
+                obj.record.coordinates,
+                f"the backend rejected {obj.object_type.name} _id {obj.object_id}: {result.reason}",
+            )
         return RecordError(RecordErrorKind.CONFLICT, obj.record.coordinates, str(result.reason))
+
+    # --- dead letters ------------------------------------------------------------------
+
+    async def _dead_letter_loop(self) -> None:
+        """Produce queued dead letters; ack each offset once the broker acknowledged it.
+
+        A dead-letter topic that is unavailable is retried like a backend outage: the
+        offsets stay un-acked, so nothing past them is committed, and nothing is dropped.
+        """
+        if self._dlq is None:
+            return
+        dlq = self._dlq
+        while True:
+            if not self._letters:
+                if self._letters_closing:
+                    return
+                self._letter_ready.clear()
+                await self._letter_ready.wait()
+                continue
+            self._sending = list(self._letters)
+            self._letters.clear()
+            try:
+                await self._retrying(
+                    lambda: self._send_letters(dlq), "dead-letter produce", self._abandon
+                )
+            except _Interrupted:
+                return
+            finally:
+                self._sending = []
+                self._room.set()
+
+    async def _send_letters(self, dlq: DeadLetterProducer) -> None:
+        """Send what is in ``_sending``; keep there what the broker did not acknowledge."""
+        letters = self._sending
+        reports = await dlq.send(letters)
+        delivered = [letter for letter, report in zip(letters, reports, strict=True) if not report]
+        records = [letter.tracked for letter in delivered]
+        for (topic, partition, epoch), run in groupby(records, _run_key):
+            self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
+        self._summary.records += len(delivered)
+        self._summary.dead_lettered += len(delivered)
+        for letter in delivered:
+            log.warning("dead-lettered to %r: %s", dlq.topic, letter.error)
+        # A letter of a partition revoked meanwhile is not sent again: the next owner reads
+        # the record again and dead-letters it itself.
+        self._sending = [
+            letter
+            for letter, report in zip(letters, reports, strict=True)
+            if report
+            and self._tracker.epoch(letter.tracked.topic_partition) == letter.tracked.epoch
+        ]
+        if self._sending:
+            first = next(report for report in reports if report)
+            raise RetryableError(
+                f"the dead-letter topic {dlq.topic!r} did not acknowledge "
+                f"{len(self._sending)} record(s): {first}"
+            )
 
     async def _ingest_with_retry(self, batch: Batch) -> list[ObjectResult]:
         try:

@@ -33,6 +33,7 @@ class SourceRecord:
     value: bytes | None
     timestamp_ms: int | None = None
     epoch: int = 0  # assignment epoch of the partition when the record was fetched
+    headers: list[tuple[str, bytes | None]] | None = None  # as produced, in order
 
     @property
     def coordinates(self) -> Coordinates:
@@ -52,6 +53,9 @@ class MappedObject:
     """An object ready for the backend: its type, ``_id``, document, and Kafka origin.
 
     ``tombstone`` marks the deletion of a standard object (its document holds only ``_id``).
+    ``fetched`` is the record as the Source handed it over when that is not ``record``: a
+    replayed dead letter, whose offset is tracked and committed in the dead-letter topic
+    while ``record`` carries its original coordinates.
     """
 
     object_type: ObjectType
@@ -60,3 +64,9 @@ class MappedObject:
     record: SourceRecord
     size: int = 0
     tombstone: bool = False
+    fetched: SourceRecord | None = None
+
+    @property
+    def tracked(self) -> SourceRecord:
+        """The record whose offset acknowledges this object."""
+        return self.fetched or self.record

@@ -362,6 +362,12 @@ class PostgresBackend(Backend):
     async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
         if self._pool is None:
             raise FatalBackendError("the PostgreSQL backend is not open")
+        return await self._write_isolating(objects)
+
+    async def _write_isolating(self, objects: list[MappedObject]) -> list[ObjectResult]:
+        """Write ``objects`` in one transaction; when PostgreSQL refuses a value, write each
+        half on its own, down to the refused objects (a few bad objects cost a few
+        transactions each, not one per object of the batch)."""
         try:
             return await self._write(objects)
         except Exception as exc:
@@ -373,18 +379,12 @@ class PostgresBackend(Backend):
                 raise FatalBackendError(
                     f"PostgreSQL write failed: {type(exc).__name__}: {exc}"
                 ) from exc
-        # A value PostgreSQL refuses: write one object per transaction to find it.
-        results = []
-        for obj in objects:
-            try:
-                results += await self._write([obj])
-            except Exception as exc:
-                if _retryable(exc):
-                    raise RetryableError(f"PostgreSQL write failed: {exc}") from exc
-                if not _data_error(exc):
-                    raise FatalBackendError(f"PostgreSQL write failed: {exc}") from exc
-                results.append(ObjectResult(Outcome.REJECTED, f"PostgreSQL refused it: {exc}"))
-        return results
+            if len(objects) == 1:
+                return [ObjectResult(Outcome.REJECTED, f"PostgreSQL refused it: {exc}")]
+        half = len(objects) // 2
+        return await self._write_isolating(objects[:half]) + await self._write_isolating(
+            objects[half:]
+        )
 
     async def _write(self, objects: list[MappedObject]) -> list[ObjectResult]:
         assert self._pool is not None

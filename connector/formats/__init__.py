@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from connector.errors import RecordError
 from connector.records import SourceRecord
 from connector.schemas import ObjectType
 
@@ -13,7 +15,9 @@ class Decoder(Protocol):
 
     ``prepare`` runs before a fetched batch is decoded and may do I/O (fetching writer
     schemas); ``decode`` is synchronous and raises ``RecordError`` naming the cause;
-    ``decode_many`` decodes records of one route at once and raises at the first bad one.
+    ``decode_many`` decodes records of one route at once, up to the first bad one: the
+    documents before it and its error (None when all decoded), so that a bad record costs
+    no second decode of the good ones.
     """
 
     async def prepare(self, records: list[SourceRecord]) -> None: ...
@@ -22,4 +26,19 @@ class Decoder(Protocol):
 
     def decode_many(
         self, records: list[SourceRecord]
-    ) -> list[tuple[ObjectType, dict[str, Any]]]: ...
+    ) -> tuple[list[tuple[ObjectType, dict[str, Any]]], RecordError | None]: ...
+
+
+def decode_until_bad(
+    decode: Callable[[SourceRecord], tuple[ObjectType, dict[str, Any]]],
+    records: list[SourceRecord],
+) -> tuple[list[tuple[ObjectType, dict[str, Any]]], RecordError | None]:
+    """``decode`` each record up to the first bad one: the documents before it, its error."""
+    decoded: list[tuple[ObjectType, dict[str, Any]]] = []
+    append = decoded.append
+    try:
+        for record in records:
+            append(decode(record))
+    except RecordError as exc:
+        return decoded, exc
+    return decoded, None

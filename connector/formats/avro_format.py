@@ -30,6 +30,7 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, SchemaRegistryError
 
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
+from connector.formats import decode_until_bad
 from connector.records import SourceRecord
 from connector.schemas import ObjectType, ObjectTypes
 
@@ -220,8 +221,10 @@ class RawAvroDecoder:
         except Exception as exc:
             raise _body_error(resolved, record, exc) from None
 
-    def decode_many(self, records: list[SourceRecord]) -> list[tuple[ObjectType, dict[str, Any]]]:
-        return [self.decode(record) for record in records]
+    def decode_many(
+        self, records: list[SourceRecord]
+    ) -> tuple[list[tuple[ObjectType, dict[str, Any]]], RecordError | None]:
+        return decode_until_bad(self.decode, records)
 
 
 class ConfluentAvroDecoder:
@@ -371,5 +374,7 @@ class ConfluentAvroDecoder:
             raise _body_error(resolved, record, exc) from None
         return resolved.type, document
 
-    def decode_many(self, records: list[SourceRecord]) -> list[tuple[ObjectType, dict[str, Any]]]:
-        return [self.decode(record) for record in records]
+    def decode_many(
+        self, records: list[SourceRecord]
+    ) -> tuple[list[tuple[ObjectType, dict[str, Any]]], RecordError | None]:
+        return decode_until_bad(self.decode, records)

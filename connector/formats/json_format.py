@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from connector.errors import RecordError, RecordErrorKind
+from connector.formats import decode_until_bad
 from connector.formats.json_coercion import CoercionError, compile_record
 from connector.formats.json_fast import compile_fast
 from connector.records import SourceRecord
@@ -66,12 +67,14 @@ class JsonDecoder:
         except Exception:  # refused by the fast path: the exact path decides
             return self._target, self._exact(record)
 
-    def decode_many(self, records: list[SourceRecord]) -> list[tuple[ObjectType, dict[str, Any]]]:
+    def decode_many(
+        self, records: list[SourceRecord]
+    ) -> tuple[list[tuple[ObjectType, dict[str, Any]]], RecordError | None]:
         target, fast = self._target, self._fast
         try:
-            return [(target, fast(record.value)) for record in records]  # type: ignore[arg-type]
+            return [(target, fast(record.value)) for record in records], None  # type: ignore[arg-type]
         except Exception:  # some value is refused by the fast path: one at a time
-            return [self.decode(record) for record in records]
+            return decode_until_bad(self.decode, records)
 
     def _exact(self, record: SourceRecord) -> dict[str, Any]:
         value = parse_json_object(record)

@@ -337,6 +337,7 @@ class AiokafkaSource(Source):
                         value=msg.value,
                         timestamp_ms=timestamp if timestamp is None or timestamp >= 0 else None,
                         epoch=epoch,
+                        headers=list(msg.headers) or None,
                     )
                 )
         return records

@@ -443,6 +443,7 @@ def _record(msg: Message, tp: TopicPartition, epoch: int) -> SourceRecord:
         value=msg.value(),
         timestamp_ms=ts if ts_type != 0 else None,
         epoch=epoch,
+        headers=msg.headers(),  # type: ignore[arg-type]  # a consumer's are (str, bytes) pairs
     )
 
 
