@@ -638,10 +638,10 @@ def timeout_for(records: int) -> float:
 
 def peer_timeout(ctx: RunContext) -> float:
     """`timeout_for` plus a minute for a peer's own start-up (a JVM, a virtualenv), or the
-    run's budget plus two minutes when that is shorter; what a peer that timed out leaves
-    running is killed afterwards (`kill_strays`)."""
+    run's budget plus five minutes (a stop, a slow count) when that is shorter; what a peer
+    that timed out leaves running is killed afterwards (`kill_strays`)."""
     bound = timeout_for(ctx.records) + 60
-    return bound if ctx.budget_s is None else min(bound, ctx.budget_s + 120)
+    return bound if ctx.budget_s is None else min(bound, ctx.budget_s + 300)
 
 
 def ours_config(

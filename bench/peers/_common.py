@@ -29,6 +29,7 @@ from bench.peers import RunContext, RunResult, Target
 
 PEERS_DIR = "peers"
 STOP_GRACE_S = 30.0
+MAX_POLL_S = 5.0
 STALL_TIMEOUT_S = 180.0  # no progress for this long (after a start): the run is given up
 ERROR_LINE = re.compile(r"\b(ERROR|FATAL|Traceback|level=error|panic:)\b")
 MAX_ERRORS = 20
@@ -326,8 +327,12 @@ def run_measured(
                     f"no progress for {stall_timeout_s:.0f} s: {stored} of {ctx.records} stored"
                 )
                 break
-            # Poll fast until the first record, then at most ~10% of the time spent counting.
-            poll_s = 0.1 if first_record_s is None else max(0.25, 10 * took)
+            # Poll fast until the first record, then at most ~10% of the time spent counting,
+            # but never sleep past the budget nor longer than MAX_POLL_S (a count that timed
+            # out on a saturated server must not stall the runner for minutes).
+            poll_s = 0.1 if first_record_s is None else min(MAX_POLL_S, max(0.25, 10 * took))
+            if ctx.budget_s is not None:
+                poll_s = max(0.0, min(poll_s, ctx.budget_s - (now - start)))
             time.sleep(poll_s)
     finally:
         if pid:
