@@ -1208,6 +1208,8 @@ def machine() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "shared": "broker, PostgreSQL, FerretDB, the producer and the contender share the cores",
+        # Anything else running skews every rate: the 1-, 5- and 15-minute load at the end.
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
 
 
@@ -1296,7 +1298,8 @@ def readme_section(results: dict[str, Any], json_path: Path) -> str:
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, {m['os']}; the Kafka "
         "broker, PostgreSQL, FerretDB and the contender all share those cores, one contender "
-        f"at a time. Took {results['took_s'] / 60:.1f} min. Reproduce with `make bench` or "
+        f"at a time. Load average at the end: {m.get('load_average', 'not recorded')}. "
+        f"Took {results['took_s'] / 60:.1f} min. Reproduce with `make bench` or "
         f"`{results['command']}`.",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
