@@ -10,6 +10,10 @@ ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 # --- stage 1: the project's wheel and the wheels of its dependencies -------------------
 FROM ${BASE_IMAGE} AS build
+# Optional, for a build behind a proxy with its own CA or a package index of its own
+# (`--build-arg PIP_CERT=... --build-arg PIP_INDEX_URL=...`); they stay in this stage.
+ARG PIP_CERT
+ARG PIP_INDEX_URL
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
