@@ -414,6 +414,31 @@ def test_a_literal_password_in_a_pipeline_is_refused() -> None:
     assert PASSWORD not in message
 
 
+def test_a_literal_password_in_the_cluster_section_is_refused() -> None:
+    values = ci_values("minimal")
+    values["worker"] = {
+        "cluster": {
+            "id": "ingest-prod",
+            "kafka": {
+                "bootstrap_servers": "${KAFKA_BOOTSTRAP_SERVERS}",
+                "security": {
+                    "protocol": "SASL_SSL",
+                    "sasl": {"mechanism": "PLAIN", "username": "u", "password": PASSWORD},
+                },
+            },
+        }
+    }
+    message = render_error(values)
+    assert "worker.cluster.kafka.security.sasl.password must reference a secret" in message
+    assert PASSWORD not in message
+    values["worker"]["cluster"]["kafka"]["security"]["sasl"]["password"] = "${KAFKA_PASSWORD}"
+    values["secrets"]["values"]["KAFKA_PASSWORD"] = PASSWORD
+    files = configmap_files(render(values))
+    worker = yaml.safe_load(files["worker.yaml"])
+    assert worker["cluster"]["kafka"]["security"]["sasl"]["password"] == "${KAFKA_PASSWORD}"
+    assert all(PASSWORD not in text for text in files.values())
+
+
 def test_sasl_needs_its_key_in_the_secret() -> None:
     values = ci_values("everything")
     del values["secrets"]["values"]["KAFKA_PASSWORD"]

@@ -157,6 +157,10 @@ so that every render and every lint runs them.
 {{- if and .Values.kafka.sasl.enabled (not (has .Values.kafka.sasl.passwordKey (include "data-ingest-connector.secretKeys" . | fromJsonArray))) }}
 {{- fail (printf "kafka.sasl.enabled: the Secret has no key %s (kafka.sasl.passwordKey); add it to secrets.values, or to secrets.keys with secrets.existingSecret" .Values.kafka.sasl.passwordKey) }}
 {{- end }}
+{{- $clusterSasl := ((((.Values.worker.cluster).kafka).security).sasl) | default dict }}
+{{- if and $clusterSasl.password (not (hasPrefix "${" (toString $clusterSasl.password))) }}
+{{- fail "worker.cluster.kafka.security.sasl.password must reference a secret as ${VAR} (a key of the Secret, see `secrets`), not hold the password: worker.yaml is stored in a ConfigMap" }}
+{{- end }}
 {{- if and .Values.worker.restTokenKey (not (has .Values.worker.restTokenKey (include "data-ingest-connector.secretKeys" . | fromJsonArray))) }}
 {{- fail (printf "worker.restTokenKey: the Secret has no key %s; add it to secrets.values, or to secrets.keys with secrets.existingSecret" .Values.worker.restTokenKey) }}
 {{- end }}
