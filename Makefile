@@ -11,7 +11,7 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format soak bench fuzz clean
+.PHONY: help venv kafka services quickstart test unit integration lint format soak bench fuzz image test-image clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
@@ -21,6 +21,8 @@ help:
 	@echo "make soak         bench/chaos.py: >= 100 SIGKILLs and membership changes (minutes)"
 	@echo "make bench        bench/bench.py: ours vs ceilings and peers, 1M records (long)"
 	@echo "make fuzz         the dead-letter fuzz at full size: 10,000 poison + 50,000 good records"
+	@echo "make image        build the container image with podman (Debian base via mmdebstrap)"
+	@echo "make test-image   make image, then run it against Kafka and PostgreSQL"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
 $(BIN)/.installed: pyproject.toml
@@ -75,6 +77,14 @@ bench: venv kafka services
 # Not part of `make test` at this size (the suite runs 1,000 + 5,000): minutes per backend.
 fuzz: venv kafka services
 	DATA_INGEST_FUZZ=full $(BIN)/python -m pytest -ra -s integration/test_fuzz_dead_letters.py
+
+# Not part of `make test`: needs podman, runc and mmdebstrap (Debian packages) and takes
+# minutes the first time (the base image). See integration/build_image.sh.
+image:
+	bash integration/build_image.sh build
+
+test-image: venv kafka services image
+	DATA_INGEST_TEST_IMAGE=1 $(BIN)/python -m pytest -ra -s integration/test_image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
