@@ -113,7 +113,49 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the previous version of the same types, to check that no type changed its kind (R7)",
     )
+    config = commands.add_parser(
+        "config",
+        help="the pipeline file's JSON Schema and reference",
+        description="Print what the pipeline file may contain, generated from the code.",
+    )
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the pipeline file",
+        description="Print the JSON Schema of the pipeline file (for editors and checkers).",
+    )
+    config_commands.add_parser(
+        "reference",
+        help="print the configuration reference (Markdown)",
+        description="Print docs/configuration.md: every key, its type, default and meaning.",
+    )
+    commands.add_parser(
+        "plugins",
+        help="list the installed backends and formats",
+        description=(
+            "List the backends (entry point group data_ingest.backends) and formats "
+            "(data_ingest.formats) that are installed, with the package and version of each."
+        ),
+    )
     return parser
+
+
+def _config(args: argparse.Namespace) -> int:
+    from connector.config_reference import render_markdown, schema_text
+
+    print(schema_text() if args.config_command == "schema" else render_markdown(), end="")
+    return EXIT_OK
+
+
+def _plugins() -> int:
+    from connector.plugins import list_plugins
+
+    rows = [("KIND", "NAME", "PACKAGE", "VERSION", "OBJECT")]
+    rows += [(p.kind, p.name, p.package, p.version, p.target) for p in list_plugins()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
+    return EXIT_OK
 
 
 def _check_schemas(args: argparse.Namespace) -> int:
@@ -232,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + EARLY_SIGNALS[0]
     if args.command == "schemas":
         return _check_schemas(args)
+    if args.command == "config":
+        return _config(args)
+    if args.command == "plugins":
+        return _plugins()
     try:
         config, types = _load(args.config)
     except ConfigError as exc:
