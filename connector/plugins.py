@@ -9,6 +9,8 @@ same way in this project's pyproject.toml.
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,6 +50,12 @@ class PluginInfo:
 def _entry_points(group: str) -> dict[str, EntryPoint]:
     """The group's entry points by name; for a name registered twice the connector's own
     registration wins over a third party's, so that a plugin cannot shadow a built-in."""
+    return _scan(group, tuple(sys.path))
+
+
+@functools.cache
+def _scan(group: str, _path: tuple[str, ...]) -> dict[str, EntryPoint]:
+    """Scanning the installed distributions takes a while; it is redone when sys.path changes."""
     found: dict[str, EntryPoint] = {}
     for point in entry_points(group=group):
         earlier = found.get(point.name)
