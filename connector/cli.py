@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -17,8 +18,10 @@ from connector.backends import create_backend, settings_problems
 from connector.config import PipelineConfig, load_config
 from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError, ConnectorError
+from connector.logs import REDACT, secrets_of, set_connector, setup_logging
 from connector.mapping import bind_routes
 from connector.pipeline import Pipeline
+from connector.progress import PROGRESS_INTERVAL_S, LogProgress, ProgressSink
 from connector.schemas import ObjectTypes, SchemaViolations, check_directory, load_object_types
 from connector.sources import create_source
 
@@ -42,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="how much to log on stderr (default: INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines as text, or as JSON objects one per line, with the run summary as "
+        "one JSON object on stdout (default: text)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -69,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --until-caught-up: fail when no partition is assigned within this time "
         "(default: 60)",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=PROGRESS_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often to log a progress line (default: 10); with --until-caught-up and "
+        "text logs on a terminal, a live progress bar is drawn instead",
     )
 
     validate = commands.add_parser(
@@ -184,7 +202,33 @@ def _load(path: str) -> tuple[PipelineConfig, ObjectTypes]:
     return config, types
 
 
+def _progress_sink(args: argparse.Namespace) -> ProgressSink:
+    """A live bar for a run until caught up with text logs on a terminal, else log lines."""
+    if args.until_caught_up and args.log_format == "text" and sys.stderr.isatty():
+        from connector.progress_bar import BarProgress
+
+        return BarProgress()
+    return LogProgress(args.progress_interval)
+
+
+def _report(args: argparse.Namespace, lines: list[str], prefix: str = "error: ") -> None:
+    """A failure on stderr: plain lines, or log lines with --log-format json."""
+    for line in lines:
+        if args.log_format == "json":
+            log.error("%s", line)
+        else:
+            print(f"{prefix}{line}", file=sys.stderr, flush=True)
+
+
 async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace) -> int:
+    topics = ", ".join(r.topic or f"/{r.topic_regex}/" for r in config.routes)
+    log.info(
+        "starting: %s into backend %s as group %s (engine %s)",
+        topics,
+        config.backend.type,
+        config.kafka.group_id,
+        config.kafka.engine,
+    )
     pipeline = Pipeline(
         config,
         types,
@@ -192,6 +236,7 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
         create_backend(config.backend, types),
         until_caught_up=args.until_caught_up,
         assignment_timeout_s=args.assignment_timeout,
+        progress=_progress_sink(args),
     )
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -212,9 +257,13 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
     for early in EARLY_SIGNALS:  # received while the process was starting
         on_signal(early)
     summary = await pipeline.run()
-    print("\n".join(summary.lines()), flush=True)
+    log.info("stopped after %.1f s: %d records", summary.elapsed_s, summary.records)
+    if args.log_format == "json":
+        print(json.dumps(summary.as_dict()), flush=True)
+    else:
+        print("\n".join(summary.lines()), flush=True)
     if summary.error is not None:
-        print(f"error: {summary.error}", file=sys.stderr, flush=True)
+        _report(args, [summary.error])
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -261,11 +310,7 @@ async def _validate(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``data-ingest`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format)
     if args.command != "run":
         # Only `run` stops gracefully; the other commands end on a signal as usual.
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -281,15 +326,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, types = _load(args.config)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        _report(args, str(exc).splitlines(), prefix="")
         return EXIT_CONFIG
+    REDACT.add(secrets_of(config))
+    set_connector(config.kafka.group_id)
     try:
         if args.command == "run":
             return asyncio.run(_run(config, types, args))
         print(f"schemas: {len(types)} object types OK ({', '.join(types.names())})")
         return asyncio.run(_validate(config, types, args, args.config))
     except ConnectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report(args, [str(exc)])
         return EXIT_FAILURE
 
 

@@ -26,7 +26,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import groupby, islice
 from operator import attrgetter
 from typing import TypeVar
@@ -35,8 +35,10 @@ from connector.backends import Backend, ObjectResult, Outcome
 from connector.batching import Batch, Batcher
 from connector.config import PipelineConfig
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
+from connector.logs import coordinates
 from connector.mapping import Mapper
 from connector.offsets import OffsetTracker
+from connector.progress import LogProgress, Progress, ProgressSink
 from connector.records import MappedObject, SourceRecord, TopicPartition
 from connector.release import Releaser
 from connector.schemas import ObjectTypes
@@ -44,8 +46,8 @@ from connector.sources import Source
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 10.0
 CAUGHT_UP_CHECK_INTERVAL_S = 0.25
+LAG_REFRESH_S = 5.0
 PAUSE_AFTER_S = 5.0
 FETCH_SLICE = 500
 CLOSE_RESERVE_S = 5.0  # of the shutdown timeout, kept for the final commit and leaving the group
@@ -87,6 +89,10 @@ class RunSummary:
     def rate(self) -> float:
         return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def as_dict(self) -> dict[str, object]:
+        """The summary as one JSON object (``--log-format json``)."""
+        return {**asdict(self), "rate": round(self.rate, 1)}
+
     def lines(self) -> list[str]:
         return [
             f"records:    {self.records}",
@@ -120,6 +126,7 @@ class Pipeline:
         until_caught_up: bool = False,
         assignment_timeout_s: float = 60.0,
         pause_after_s: float = PAUSE_AFTER_S,
+        progress: ProgressSink | None = None,
     ) -> None:
         self._config = config
         self._source = source
@@ -128,6 +135,8 @@ class Pipeline:
         self._until_caught_up = until_caught_up
         self._assignment_timeout_s = assignment_timeout_s
         self._pause_after_s = pause_after_s
+        self._progress = progress or LogProgress()
+        self._caught_up_at_end = False
         self._shutdown_s = config.shutdown.timeout_ms / 1000
         self._tracker = OffsetTracker()
         self._releaser = Releaser(config, source)
@@ -228,7 +237,8 @@ class Pipeline:
         otherwise the objects batched before it are still written and committed."""
         if self._error is None:
             self._error = error
-            log.error("%s", error)
+            where = coordinates(error.where) if isinstance(error, RecordError) else None
+            log.error("%s", error, extra=where)
         if discard:
             self._discard = True
             self._ready.clear()
@@ -254,7 +264,7 @@ class Pipeline:
         await self._source.start(subscriptions, self)
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
-        progress_task = asyncio.create_task(self._progress_loop(started), name="progress")
+        progress_task = asyncio.create_task(self._progress_loop(), name="progress")
         try:
             await self._fetch_loop()
         except ConnectorError as exc:
@@ -266,6 +276,8 @@ class Pipeline:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            finished = self._caught_up_at_end and self._error is None
+            self._progress.close(self._snapshot(0 if finished else None), finished)
             await self._bounded(self._commit_now(final=True), _left(deadline), "the final commit")
             await self._source.close(max(_left(deadline), CLOSE_MIN_S))
             await self._bounded(self._backend.close(), CLOSE_MIN_S, "closing the backend")
@@ -379,6 +391,7 @@ class Pipeline:
                 last_check = now
                 if await self._caught_up():
                     log.info("caught up: no lag on %d partition(s)", len(self._assigned))
+                    self._caught_up_at_end = True
                     return
 
     async def _prepare(self, records: list[SourceRecord]) -> bool:
@@ -423,21 +436,25 @@ class Pipeline:
         """
         if self._ready or len(self._batcher) or self._writing or self._tracker.in_flight():
             return False
+        return await self._unfetched() == 0
+
+    async def _unfetched(self) -> int:
+        """How many records of the assigned partitions lie past the consumer's position."""
         assigned = sorted(self._assigned, key=str)
         marks = await self._source.watermarks(assigned)
         positions = await self._source.position(assigned)
         unknown = [tp for tp in assigned if positions.get(tp) is None]
         committed = await self._source.committed(unknown)
         earliest = self._config.kafka.auto_offset_reset == "earliest"
+        left = 0
         for tp in assigned:
             low, high = marks[tp]
             position = positions.get(tp)
             if position is None:
                 stored = committed.get(tp)
                 position = stored if stored is not None else (low if earliest else high)
-            if position < high:
-                return False
-        return True
+            left += max(0, high - position)
+        return left
 
     # --- ingest ------------------------------------------------------------------------
 
@@ -492,7 +509,8 @@ class Pipeline:
         if counts[Outcome.CONFLICT]:
             for obj, result in zip(objects[:end], results, strict=False):
                 if result.outcome is Outcome.CONFLICT:
-                    log.warning("%s", self._conflict(obj, result))
+                    error = self._conflict(obj, result)
+                    log.warning("%s", error, extra=coordinates(error.where))
         acked = list(map(_record, islice(objects, end)))
         for (topic, partition, epoch), run in groupby(acked, _run_key):
             self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
@@ -580,16 +598,26 @@ class Pipeline:
         if self._releaser.enabled:
             await self._releaser.committed(offsets, force=final)
 
-    async def _progress_loop(self, started: float) -> None:
+    async def _progress_loop(self) -> None:
+        """Report progress every interval. The lag is asked from the broker at most every
+        ``LAG_REFRESH_S`` (it costs a round trip per partition on the consumer's thread) and
+        counted down by the records done in between."""
+        measured: tuple[float, int, int] | None = None  # when, lag then, records then
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL_S)
-            s = self._summary
-            elapsed = time.monotonic() - started
-            log.info(
-                "progress: %d records (%d ingested, %d duplicates, %d conflicts), %.0f records/s",
-                s.records,
-                s.inserted,
-                s.duplicates,
-                s.conflicts,
-                s.records / elapsed if elapsed else 0.0,
-            )
+            await asyncio.sleep(self._progress.interval_s)
+            now, done = time.monotonic(), self._summary.records
+            if not self._assigned:
+                measured = None
+            elif measured is None or now - measured[0] >= LAG_REFRESH_S:
+                try:
+                    measured = (now, await self._unfetched() + self._tracker.in_flight(), done)
+                except Exception as exc:  # a rebalance or a broker hiccup: shown as unknown
+                    log.debug("lag not known: %s", exc)
+                    measured = None
+            lag = None if measured is None else max(0, measured[1] - (done - measured[2]))
+            self._progress.update(self._snapshot(lag))
+
+    def _snapshot(self, lag: int | None) -> Progress:
+        s = self._summary
+        elapsed = time.monotonic() - self._started
+        return Progress(s.records, s.inserted, s.duplicates, s.conflicts, lag, elapsed)
