@@ -9,7 +9,9 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
+from connector.config import substitute_env
 from connector.config_reference import (
     REGENERATE,
     REGENERATE_SCHEMA,
@@ -101,3 +103,13 @@ def test_schema_is_json_schema_2020_12() -> None:
     schema = json.loads(schema_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_quickstart_file_points_editors_at_the_schema() -> None:
+    quickstart = DOCS.parent / "integration" / "quickstart.yaml"
+    first = quickstart.read_text().splitlines()[0]
+    prefix = "# yaml-language-server: $schema="
+    assert first.startswith(prefix)
+    schema = json.loads((quickstart.parent / first.removeprefix(prefix)).read_text())
+    document = substitute_env(yaml.safe_load(quickstart.read_text()), {})
+    jsonschema.validate(document, schema)
