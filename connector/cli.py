@@ -212,12 +212,12 @@ def _progress_sink(args: argparse.Namespace) -> ProgressSink:
 
 
 def _report(args: argparse.Namespace, lines: list[str], prefix: str = "error: ") -> None:
-    """A failure on stderr: plain lines, or log lines with --log-format json."""
+    """A failure on stderr: plain lines, or log lines with --log-format json; both redacted."""
     for line in lines:
         if args.log_format == "json":
             log.error("%s", line)
         else:
-            print(f"{prefix}{line}", file=sys.stderr, flush=True)
+            print(f"{prefix}{REDACT(line)}", file=sys.stderr, flush=True)
 
 
 async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace) -> int:
@@ -258,6 +258,8 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
         on_signal(early)
     summary = await pipeline.run()
     log.info("stopped after %.1f s: %d records", summary.elapsed_s, summary.records)
+    if summary.error is not None:
+        summary.error = REDACT(summary.error)
     if args.log_format == "json":
         print(json.dumps(summary.as_dict()), flush=True)
     else:
@@ -299,8 +301,7 @@ async def _validate(
         problems.append(f"backend: {exc}")
     finally:
         await backend.close()
-    for problem in problems:
-        print(f"{source_name}: {problem}", file=sys.stderr)
+    _report(args, [f"{source_name}: {problem}" for problem in problems], prefix="")
     if problems:
         return EXIT_FAILURE
     print(f"{source_name}: OK")

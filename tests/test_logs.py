@@ -103,3 +103,15 @@ def test_text_lines_are_redacted_too(captured: pytest.CaptureFixture[str]) -> No
     err = captured.readouterr().err
     assert "WARNING aiokafka: key password *** rejected" in err
     assert KEY_PASSWORD not in err
+
+
+def test_error_lines_of_the_cli_are_redacted(captured: pytest.CaptureFixture[str]) -> None:
+    from argparse import Namespace
+
+    from connector.cli import _report
+
+    REDACT.add(["cli-secret-42"])
+    _report(
+        Namespace(log_format="text"), ["login cli-secret-42 refused by postgresql://u:pw9@h/db"]
+    )
+    assert captured.readouterr().err == "error: login *** refused by postgresql://u:***@h/db\n"
