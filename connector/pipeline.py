@@ -599,14 +599,15 @@ class Pipeline:
             await self._releaser.committed(offsets, force=final)
 
     async def _progress_loop(self) -> None:
-        """Report progress every interval. The lag is asked from the broker at most every
-        ``LAG_REFRESH_S`` (it costs a round trip per partition on the consumer's thread) and
-        counted down by the records done in between."""
+        """Report progress every interval. A run until caught up also reports its lag: asked
+        from the broker at most every ``LAG_REFRESH_S`` (a round trip per partition on the
+        consumer's thread) and counted down by the records done in between. An endless run
+        does not ask, so that a broker outage cannot hold up its consumer thread for this."""
         measured: tuple[float, int, int] | None = None  # when, lag then, records then
         while True:
             await asyncio.sleep(self._progress.interval_s)
             now, done = time.monotonic(), self._summary.records
-            if not self._assigned:
+            if not self._assigned or not self._until_caught_up:
                 measured = None
             elif measured is None or now - measured[0] >= LAG_REFRESH_S:
                 try:

@@ -55,10 +55,9 @@ class LogProgress:
         return self._interval_s
 
     def update(self, progress: Progress) -> None:
-        lag = "unknown" if progress.lag is None else str(progress.lag)
+        lag = "" if progress.lag is None else f", lag {progress.lag}"
         log.info(
-            "progress: %d records (%d ingested, %d duplicates, %d conflicts), lag %s, "
-            "%.0f records/s",
+            "progress: %d records (%d ingested, %d duplicates, %d conflicts)%s, %.0f records/s",
             progress.records,
             progress.inserted,
             progress.duplicates,
