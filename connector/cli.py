@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -21,8 +22,10 @@ from connector.dlq_inspect import inspect
 from connector.dlq_replay import ReplaySource
 from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError, ConnectorError
+from connector.logs import REDACT, secrets_of, set_connector, setup_logging
 from connector.mapping import bind_routes
 from connector.pipeline import Pipeline, RunSummary
+from connector.progress import PROGRESS_INTERVAL_S, LogProgress, ProgressSink
 from connector.schemas import ObjectTypes, SchemaViolations, check_directory, load_object_types
 from connector.sources import create_source
 
@@ -46,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="how much to log on stderr (default: INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines as text, or as JSON objects one per line, with the run summary as "
+        "one JSON object on stdout (default: text)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -73,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --until-caught-up: fail when no partition is assigned within this time "
         "(default: 60)",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=PROGRESS_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often to log a progress line (default: 10); with --until-caught-up and "
+        "text logs on a terminal, a live progress bar is drawn instead",
     )
     run.add_argument(
         "--rest-listen",
@@ -188,7 +206,49 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the previous version of the same types, to check that no type changed its kind (R7)",
     )
+    config = commands.add_parser(
+        "config",
+        help="the pipeline file's JSON Schema and reference",
+        description="Print what the pipeline file may contain, generated from the code.",
+    )
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the pipeline file",
+        description="Print the JSON Schema of the pipeline file (for editors and checkers).",
+    )
+    config_commands.add_parser(
+        "reference",
+        help="print the configuration reference (Markdown)",
+        description="Print docs/configuration.md: every key, its type, default and meaning.",
+    )
+    commands.add_parser(
+        "plugins",
+        help="list the installed backends and formats",
+        description=(
+            "List the backends (entry point group data_ingest.backends) and formats "
+            "(data_ingest.formats) that are installed, with the package and version of each."
+        ),
+    )
     return parser
+
+
+def _config(args: argparse.Namespace) -> int:
+    from connector.config_reference import render_markdown, schema_text
+
+    print(schema_text() if args.config_command == "schema" else render_markdown(), end="")
+    return EXIT_OK
+
+
+def _plugins() -> int:
+    from connector.plugins import list_plugins
+
+    rows = [("KIND", "NAME", "PACKAGE", "VERSION", "OBJECT")]
+    rows += [(p.kind, p.name, p.package, p.version, p.target) for p in list_plugins()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
+    return EXIT_OK
 
 
 def _check_schemas(args: argparse.Namespace) -> int:
@@ -217,13 +277,34 @@ def _load(path: str) -> tuple[PipelineConfig, ObjectTypes]:
     return config, types
 
 
-def _replay_pipeline(config: PipelineConfig, types: ObjectTypes, group: str | None) -> Pipeline:
+def _progress_sink(args: argparse.Namespace) -> ProgressSink:
+    """A live bar for a run until caught up with text logs on a terminal, else log lines."""
+    until_caught_up = args.command == "dlq" or args.until_caught_up
+    if until_caught_up and args.log_format == "text" and sys.stderr.isatty():
+        from connector.progress_bar import BarProgress
+
+        return BarProgress()
+    return LogProgress(getattr(args, "progress_interval", PROGRESS_INTERVAL_S))
+
+
+def _report(args: argparse.Namespace, lines: list[str], prefix: str = "error: ") -> None:
+    """A failure on stderr: plain lines, or log lines with --log-format json; both redacted."""
+    for line in lines:
+        if args.log_format == "json":
+            log.error("%s", line)
+        else:
+            print(f"{prefix}{REDACT(line)}", file=sys.stderr, flush=True)
+
+
+def _replay_pipeline(
+    config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace
+) -> Pipeline:
     """The pipeline of ``dlq replay``: the dead-letter topic in a consumer group of its own,
     dead letters (of records that fail again) still named after the connector."""
     settings = config.errors.dead_letter_queue
     assert settings is not None  # checked by _dlq_settings
     name = config.kafka.group_id
-    kafka = config.kafka.model_copy(update={"group_id": group or f"{name}.dlq-replay"})
+    kafka = config.kafka.model_copy(update={"group_id": args.group or f"{name}.dlq-replay"})
     return Pipeline(
         config,
         types,
@@ -232,6 +313,7 @@ def _replay_pipeline(config: PipelineConfig, types: ObjectTypes, group: str | No
         until_caught_up=True,
         dead_letters=DeadLetterProducer(config.kafka, settings, name, 0),
         replay=True,
+        progress=_progress_sink(args),
     )
 
 
@@ -246,8 +328,16 @@ def _dlq_settings(config: PipelineConfig, path: str) -> DeadLetterQueueConfig:
 
 
 async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namespace) -> int:
+    topics = ", ".join(r.topic or f"/{r.topic_regex}/" for r in config.routes)
+    log.info(
+        "starting: %s into backend %s as group %s (engine %s)",
+        topics,
+        config.backend.type,
+        config.kafka.group_id,
+        config.kafka.engine,
+    )
     if args.command == "dlq":
-        pipeline = _replay_pipeline(config, types, args.group)
+        pipeline = _replay_pipeline(config, types, args)
     elif args.rest_listen:
         from connector.worker_cli import run_with_rest
 
@@ -256,7 +346,7 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
             "assignment_timeout_s": args.assignment_timeout,
         }
         return _summarized(
-            await run_with_rest(config, types, args.config, args.rest_listen, options)
+            args, await run_with_rest(config, types, args.config, args.rest_listen, options)
         )
     else:
         pipeline = Pipeline(
@@ -266,6 +356,7 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
             create_backend(config.backend, types),
             until_caught_up=args.until_caught_up,
             assignment_timeout_s=args.assignment_timeout,
+            progress=_progress_sink(args),
         )
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -285,13 +376,20 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
         loop.add_signal_handler(signum, on_signal, signum)
     for early in EARLY_SIGNALS:  # received while the process was starting
         on_signal(early)
-    return _summarized(await pipeline.run())
+    return _summarized(args, await pipeline.run())
 
 
-def _summarized(summary: RunSummary) -> int:
-    print("\n".join(summary.lines()), flush=True)
+def _summarized(args: argparse.Namespace, summary: RunSummary) -> int:
+    """Print the run's summary (text or one JSON object) and its exit code."""
+    log.info("stopped after %.1f s: %d records", summary.elapsed_s, summary.records)
     if summary.error is not None:
-        print(f"error: {summary.error}", file=sys.stderr, flush=True)
+        summary.error = REDACT(summary.error)
+    if args.log_format == "json":
+        print(json.dumps(summary.as_dict()), flush=True)
+    else:
+        print("\n".join(summary.lines()), flush=True)
+    if summary.error is not None:
+        _report(args, [summary.error])
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -327,8 +425,7 @@ async def _validate(
         problems.append(f"backend: {exc}")
     finally:
         await backend.close()
-    for problem in problems:
-        print(f"{source_name}: {problem}", file=sys.stderr)
+    _report(args, [f"{source_name}: {problem}" for problem in problems], prefix="")
     if problems:
         return EXIT_FAILURE
     print(f"{source_name}: OK")
@@ -338,11 +435,7 @@ async def _validate(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``data-ingest`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format)
     if args.command == "worker":
         from connector.worker_cli import serve_worker
 
@@ -363,13 +456,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + EARLY_SIGNALS[0]
     if args.command == "schemas":
         return _check_schemas(args)
+    if args.command == "config":
+        return _config(args)
+    if args.command == "plugins":
+        return _plugins()
     try:
         config, types = _load(args.config)
         if args.command == "dlq":
             settings = _dlq_settings(config, args.config)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        _report(args, str(exc).splitlines(), prefix="")
         return EXIT_CONFIG
+    REDACT.add(secrets_of(config))
+    set_connector(config.kafka.group_id)
     try:
         if args.command == "run" or replaying:
             return asyncio.run(_run(config, types, args))
@@ -379,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"schemas: {len(types)} object types OK ({', '.join(types.names())})")
         return asyncio.run(_validate(config, types, args, args.config))
     except ConnectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report(args, [str(exc)])
         return EXIT_FAILURE
 
 

@@ -17,8 +17,10 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -26,6 +28,10 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+
+BUILTIN_FORMATS = ("json", "avro", "avro-raw")
+BUILTIN_BACKENDS = ("sqlite", "postgres", "mongodb")
+PLUGIN_TAG = "plugin"
 
 # Client properties that the connector owns: letting a user override them would break the
 # delivery promise (offsets committed only after the backend acks) or the group protocol.
@@ -79,7 +85,9 @@ AIOKAFKA_PROPERTIES: dict[str, tuple[str, type[int] | type[str] | type[bool]]] =
 class _Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 def _secret_text(value: Any) -> Any:
@@ -95,8 +103,11 @@ class SaslConfig(_Section):
     """SASL credentials. The password is a SecretStr: never shown in reprs or errors."""
 
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    """The SASL mechanism the listener expects."""
     username: str = Field(min_length=1)
+    """The SASL user name."""
     password: SecretStr
+    """The SASL password; a secret, never logged or shown in errors."""
 
     _text = field_validator("password", mode="before")(_secret_text)
 
@@ -105,10 +116,15 @@ class KafkaTlsConfig(_Section):
     """TLS to the brokers: the CA to trust and, for mutual TLS, a client certificate."""
 
     ca_file: str | None = Field(default=None, min_length=1)
+    """PEM file of the CA that signed the brokers' certificates (default: the system's)."""
     cert_file: str | None = Field(default=None, min_length=1)
+    """PEM client certificate, for mutual TLS (needs key_file)."""
     key_file: str | None = Field(default=None, min_length=1)
+    """PEM private key of the client certificate (needs cert_file)."""
     key_password: SecretStr | None = None
+    """Password of an encrypted key_file; a secret, never logged."""
     check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to."""
 
     _text = field_validator("key_password", mode="before")(_secret_text)
 
@@ -136,8 +152,11 @@ class SecurityConfig(_Section):
     """How the engines connect to the brokers: one section, translated for each engine."""
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers: plain, TLS, SASL, or SASL over TLS."""
     sasl: SaslConfig | None = None
+    """SASL credentials; required by the SASL_* protocols, refused by the others."""
     tls: KafkaTlsConfig | None = None
+    """TLS settings; only with the SSL and SASL_SSL protocols."""
 
     @property
     def uses_tls(self) -> bool:
@@ -179,12 +198,22 @@ class KafkaConfig(_Section):
     """
 
     bootstrap_servers: str = Field(min_length=1)
+    """Comma-separated host:port list of brokers to bootstrap from."""
     engine: Literal["confluent", "aiokafka"] = "confluent"
+    """The Kafka client: confluent (librdkafka) or aiokafka. One group uses one engine."""
     group_id: str = Field(default="data-ingest", min_length=1)
+    """The consumer group: the connector's identity; replicas share it."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a new group starts on each partition."""
     poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
+    """How long one fetch waits for records."""
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    """Security settings, translated for either engine."""
     properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Client properties: librdkafka properties for engine confluent; engine aiokafka translates a
+    listed few and refuses the rest. Offsets, group and assignment settings are managed by the
+    connector and refused.
+    """
 
     @field_validator("properties")
     @classmethod
@@ -243,14 +272,27 @@ class RouteConfig(_Section):
     """Which topic (or topics matching a regex) carry which object type, in which format."""
 
     topic: str | None = Field(default=None, min_length=1)
+    """The topic this route reads (or give topic_regex)."""
     topic_regex: str | None = Field(default=None, min_length=1)
+    """A regular expression for the topics this route reads (or give topic)."""
     type: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    """The declared object type every record of the route is mapped onto."""
     type_from: Literal["writer_schema"] | None = None
-    format: Literal["json", "avro", "avro-raw"] = "json"
+    """writer_schema: the type is named by each record's Avro writer schema (format avro)."""
+    format: str = Field(default="json", min_length=1, examples=list(BUILTIN_FORMATS))
+    """How record values are decoded: json, avro (Confluent wire format with a Schema Registry),
+    avro-raw, or the name of an installed format plugin.
+    """
     id: Literal["field", "key", "coordinates"] = "field"
+    """Where the object's _id comes from: field (the record's _id, else derived from the
+    coordinates), key (the record key) or coordinates (always derived; rule R10).
+    """
     unknown_fields: Literal["reject", "ignore"] | None = None
+    """format json only: what a field the type does not declare does (default reject)."""
     writer_schema: str | None = Field(default=None, min_length=1)
+    """format avro-raw only: .avsc file of the writer schema (default: the type itself)."""
     release: Literal["keep", "delete"] = "keep"
+    """keep the records in the topic, or delete them once committed (DeleteRecords)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RouteConfig:
@@ -293,17 +335,22 @@ class SqliteBackendConfig(_Section):
     """The embedded default backend: one SQLite file."""
 
     type: Literal["sqlite"]
+    """sqlite: the embedded backend."""
     path: str = Field(min_length=1)
+    """The SQLite file; created with its tables if missing."""
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
-    # How long a batch waits for another process's write lock on the same file.
+    """SQLite's synchronous pragma; FULL makes every acked batch durable."""
     busy_timeout_ms: int = Field(default=5_000, ge=0, le=600_000)
+    """How long a batch waits for another process's write lock on the file."""
 
 
 class PoolConfig(_Section):
     """Connection pool bounds."""
 
     min_size: int = Field(default=1, ge=0, le=100)
+    """Connections kept open."""
     max_size: int = Field(default=4, ge=1, le=100)
+    """Connections at most."""
 
     @model_validator(mode="after")
     def _ordered(self) -> PoolConfig:
@@ -316,9 +363,13 @@ class TlsConfig(_Section):
     """TLS to the database server (libpq's sslmode names)."""
 
     mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    """libpq's sslmode."""
     ca_file: str | None = None
+    """PEM file of the CA that signed the server (needed by verify-ca and verify-full)."""
     cert_file: str | None = None
+    """PEM client certificate (with key_file)."""
     key_file: str | None = None
+    """PEM private key of the client certificate (with cert_file)."""
 
     @model_validator(mode="after")
     def _pairs(self) -> TlsConfig:
@@ -333,24 +384,36 @@ class PostgresBackendConfig(_Section):
     """PostgreSQL: one table per object type, COPY + INSERT ... ON CONFLICT per batch."""
 
     type: Literal["postgres"]
+    """postgres: PostgreSQL 13 or newer."""
     dsn: str = Field(min_length=1, pattern=r"^postgres(ql)?://")
+    """libpq connection URI, postgresql://user:password@host:port/db; the password is never logged.
+
+    """
     db_schema: str = Field(
         default="public", alias="schema", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$"
     )
+    """The database schema of the tables; created if missing (with create_tables)."""
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    """Bounds of the connection pool to the server."""
     create_tables: bool = True
+    """Create missing tables and add new nullable or defaulted columns at start-up."""
     tls: TlsConfig | None = None
+    """TLS to the server."""
     command_timeout_ms: int = Field(default=60_000, ge=100)
-    # An unreachable server fails open() (retried) after this long instead of hanging.
+    """How long one SQL command may take."""
     connect_timeout_ms: int = Field(default=10_000, ge=100)
+    """An unreachable server fails the connection (retried) after this long."""
 
 
 class WriteConcernConfig(_Section):
     """MongoDB write concern; the default is durable on a majority of the replica set."""
 
     w: int | Literal["majority"] = "majority"
+    """How many replica set members acknowledge a write: majority or a number >= 1."""
     j: bool = True
+    """Wait for the journal, so an acked write survives a crash."""
     wtimeout_ms: int = Field(default=30_000, ge=0)
+    """How long to wait for the acknowledgement before a retryable error."""
 
     @field_validator("w")
     @classmethod
@@ -367,8 +430,11 @@ class TimeSeriesConfig(_Section):
     """Options of a MongoDB time-series collection for one asymmetric type."""
 
     time_field: str = Field(min_length=1)
+    """The timestamp field of the type."""
     meta_field: str | None = None
+    """The field that identifies a series (e.g. a link to its sensor)."""
     granularity: Literal["seconds", "minutes", "hours"] = "seconds"
+    """MongoDB's bucketing granularity."""
 
     @model_validator(mode="after")
     def _distinct_fields(self) -> TimeSeriesConfig:
@@ -384,18 +450,56 @@ class MongoBackendConfig(_Section):
     """MongoDB (or a wire-compatible server): one collection per object type."""
 
     type: Literal["mongodb"]
+    """mongodb: MongoDB or a wire-compatible server (FerretDB)."""
     uri: str = Field(min_length=1, pattern=r"^mongodb(\+srv)?://")
+    """mongodb:// or mongodb+srv:// connection string; the password is never logged."""
     database: str = Field(min_length=1)
+    """The database of the collections."""
     write_concern: WriteConcernConfig = Field(default_factory=WriteConcernConfig)
+    """Write concern of every write; the default is durable on a majority."""
     timeseries: dict[str, TimeSeriesConfig] = Field(default_factory=dict)
+    """Time-series collections, by asymmetric type name (MongoDB 7.0 or later)."""
     decimals: Literal["decimal128", "string"] = "decimal128"
-    # How long open() and a write wait for a reachable server before a retryable error.
+    """How decimals are stored: Decimal128 or text (FerretDB needs string)."""
     server_selection_timeout_ms: int = Field(default=5_000, ge=100)
+    """How long to wait for a reachable server before a retryable error."""
+
+
+class PluginBackendConfig(_Section):
+    """A backend from an installed plugin (entry point group ``data_ingest.backends``).
+
+    Its other keys are the plugin's own settings, checked by the plugin's settings model.
+    """
+
+    model_config = ConfigDict(
+        extra="allow", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
+
+    type: str = Field(min_length=1, json_schema_extra={"not": {"enum": list(BUILTIN_BACKENDS)}})
+    """The plugin's name, as `data-ingest plugins` lists it; its settings go next to it."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The plugin's own keys: everything in the section but ``type``."""
+        return dict(self.model_extra or {})
+
+
+def _backend_tag(value: Any) -> str | None:
+    """The union member for a backend section: a built-in's name, else the plugin member."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind is None:
+        return None
+    return kind if kind in BUILTIN_BACKENDS else PLUGIN_TAG
 
 
 BackendConfig = Annotated[
-    Union[SqliteBackendConfig, PostgresBackendConfig, MongoBackendConfig],  # noqa: UP007
-    Field(discriminator="type"),
+    Union[  # noqa: UP007
+        Annotated[SqliteBackendConfig, Tag("sqlite")],
+        Annotated[PostgresBackendConfig, Tag("postgres")],
+        Annotated[MongoBackendConfig, Tag("mongodb")],
+        Annotated[PluginBackendConfig, Tag(PLUGIN_TAG)],
+    ],
+    Discriminator(_backend_tag),
 ]
 
 
@@ -403,23 +507,31 @@ class BatchingConfig(_Section):
     """When a batch is handed to the backend, and how much may be in flight at once."""
 
     max_records: int = Field(default=2000, ge=1, le=1_000_000)
+    """A batch closes at this many objects."""
     max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """A batch closes at this many bytes of record values."""
     max_wait_ms: int = Field(default=500, ge=0, le=600_000)
+    """A batch closes this long after its first object."""
     max_in_flight_batches: int = Field(default=2, ge=1, le=64)
+    """Closed batches that may wait for the backend before partitions are paused."""
 
 
 class CommitConfig(_Section):
     """How often acked offsets are committed (also on revoke and on shutdown)."""
 
     interval_ms: int = Field(default=1000, ge=10, le=600_000)
+    """How often acked offsets are committed."""
 
 
 class RetryConfig(_Section):
     """Backoff for transient backend failures. Nothing is committed while retrying."""
 
     initial_backoff_ms: int = Field(default=200, ge=1)
+    """The first wait after a transient failure."""
     max_backoff_ms: int = Field(default=30_000, ge=1)
+    """The longest wait between two attempts."""
     multiplier: float = Field(default=2.0, ge=1.0)
+    """Each wait is this many times the previous one (with jitter)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> RetryConfig:
@@ -432,20 +544,25 @@ class ShutdownConfig(_Section):
     """How long SIGINT/SIGTERM may take before the in-flight batch is abandoned."""
 
     timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
+    """Bounds the whole shutdown, and a revoke's wait for the batch in the backend."""
 
 
 class SchemasConfig(_Section):
     """Where the object types are declared (``.avsc`` files)."""
 
     dir: str = Field(min_length=1)
+    """Folder of the .avsc files declaring the object types; relative to the pipeline file."""
 
 
 class SchemaRegistryConfig(_Section):
     """A Confluent-compatible Schema Registry, for routes with ``format: avro``."""
 
     url: str = Field(min_length=1, pattern=r"^https?://")
+    """Base URL of a Confluent-compatible Schema Registry."""
     basic_auth_user_info: str | None = Field(default=None, pattern=r"^[^:]+:.*$")
+    """user:password for HTTP basic authentication; a secret, never logged."""
     properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Further settings passed to confluent-kafka's SchemaRegistryClient."""
 
     def client_settings(self) -> dict[str, Any]:
         """Settings for confluent-kafka's SchemaRegistryClient."""
@@ -460,17 +577,24 @@ class ReleaseConfig(_Section):
     """How often routes with ``release: delete`` delete their synced records from the topic."""
 
     interval_ms: int = Field(default=60_000, ge=100)
+    """At most one DeleteRecords per this interval (routes with release: delete)."""
 
 
 class DeadLetterQueueConfig(_Section):
     """The dead-letter topic: where failing records go with ``errors.tolerance: all``."""
 
     topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    """The dead-letter topic's name."""
     partitions: int = Field(default=1, ge=1, le=10_000)
-    replication_factor: int = Field(default=-1, ge=-1, le=32)  # -1: the broker's default
-    create: bool = True  # create the topic at start-up when it is missing
-    context_headers: bool = True  # add the __connect.errors.* and __data_ingest.* headers
+    """Partitions of the dead-letter topic when the connector creates it."""
+    replication_factor: int = Field(default=-1, ge=-1, le=32)
+    """Replication factor when the connector creates it; -1: the broker's default."""
+    create: bool = True
+    """Create the topic at start-up when it is missing (false: a missing topic stops the run)."""
+    context_headers: bool = True
+    """Add Kafka Connect's __connect.errors.* headers and our __data_ingest.* headers."""
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=600_000)
+    """How long one dead-letter produce may take before it is retried like an outage."""
 
 
 class ErrorsConfig(_Section):
@@ -483,10 +607,16 @@ class ErrorsConfig(_Section):
     """
 
     tolerance: Literal["none", "all"] = "none"
+    """none: a record error stops the run at that record; all: it goes to the dead-letter topic."""
     conflict: Literal["report", "stop", "dlq"] = "report"
+    """What a conflict (R9) does: report logs it and goes on, stop stops the run there, dlq
+    dead-letters the record."""
     dead_letter_queue: DeadLetterQueueConfig | None = None
+    """The dead-letter topic; required by tolerance: all and conflict: dlq."""
     max_failure_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    """Stop when more than this share of the last failure_window records failed (1.0: never)."""
     failure_window: int = Field(default=1000, ge=10, le=1_000_000)
+    """How many of the latest records the failure ratio is taken over."""
 
     @model_validator(mode="after")
     def _needs_topic(self) -> ErrorsConfig:
@@ -504,16 +634,27 @@ class PipelineConfig(_Section):
     """The whole pipeline file."""
 
     kafka: KafkaConfig
+    """Where and how to consume."""
     schemas: SchemasConfig
+    """Where the object types are declared."""
     schema_registry: SchemaRegistryConfig | None = None
+    """The Schema Registry; required by routes with format: avro."""
     routes: list[RouteConfig] = Field(min_length=1)
+    """Topic -> object type + format; at least one."""
     backend: BackendConfig
+    """Where the objects are written: sqlite, postgres, mongodb, or a backend plugin."""
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
+    """What record errors do."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    """When batches close."""
     commit: CommitConfig = Field(default_factory=CommitConfig)
+    """When offsets are committed."""
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    """Backoff for transient failures."""
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    """Bounds of a graceful stop."""
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    """Release after sync (DeleteRecords)."""
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> PipelineConfig:
@@ -647,7 +788,7 @@ def _model_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, tuple
         elif origin in (Union, types.UnionType):
             members = [_unwrap(a) for a in typing.get_args(current)]
             models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
-            tagged = [m for m in models if _tag_of(m) == part]
+            tagged = [m for m in models if part in (_tag_of(m), _union_tag(current, m))]
             if tagged:
                 current = tagged[0]
             else:
@@ -659,6 +800,15 @@ def _model_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, tuple
     current = _unwrap(current)
     model = current if isinstance(current, type) and issubclass(current, BaseModel) else None
     return model, tuple(shown)
+
+
+def _union_tag(union: Any, model: type[BaseModel]) -> str | None:
+    """The ``Tag`` that ``union`` gives its member ``model``, if any."""
+    for member in typing.get_args(union):
+        if typing.get_origin(member) is Annotated and typing.get_args(member)[0] is model:
+            tags = [m.tag for m in member.__metadata__ if isinstance(m, Tag)]
+            return tags[0] if tags else None
+    return None
 
 
 def _keys(model: type[BaseModel]) -> list[str]:
@@ -727,9 +877,15 @@ def parse_config(
     except ValueError as exc:
         raise ConfigError(source, str(exc).splitlines()) from None
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+    from connector.plugins import plugin_problems
+
+    problems = plugin_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -> PipelineConfig:

@@ -23,9 +23,9 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 from connector.config import PipelineConfig, RouteConfig
 from connector.errors import ConfigError, Coordinates, RecordError, RecordErrorKind
-from connector.formats import Decoder
-from connector.formats.avro_format import ConfluentAvroDecoder, RawAvroDecoder, SchemaMismatch
-from connector.formats.json_format import JsonDecoder
+from connector.formats import Decoder, FormatContext
+from connector.formats.avro_format import RawAvroDecoder, SchemaMismatch
+from connector.plugins import format_plugin
 from connector.records import MappedObject, SourceRecord
 from connector.schemas import ObjectType, ObjectTypes
 
@@ -166,21 +166,19 @@ class Mapper:
         self._converters: dict[str, Callable[[dict[str, Any]], None] | None] = {
             t.name: objectid_converter(t.schema) for t in types
         }
-        for route in config.routes:
-            target = types.get(route.type) if route.type else None
-            decoder: Decoder
-            if route.format == "json":
-                assert target is not None
-                decoder = JsonDecoder(target, route.unknown_fields or "reject")
-            elif route.format == "avro-raw":
-                assert target is not None
-                decoder = RawAvroDecoder(target, route.writer_schema)
-            else:
+        shared: list[AsyncSchemaRegistryClient] = [] if registry is None else [registry]
+
+        def shared_registry() -> AsyncSchemaRegistryClient:
+            if not shared:
                 settings = config.schema_registry
                 assert settings is not None  # the config requires it for avro routes
-                if registry is None:
-                    registry = AsyncSchemaRegistryClient(settings.client_settings())
-                decoder = ConfluentAvroDecoder(types, target, registry, settings.url)
+                shared.append(AsyncSchemaRegistryClient(settings.client_settings()))
+            return shared[0]
+
+        for route in config.routes:
+            target = types.get(route.type) if route.type else None
+            context = FormatContext(route, target, types, config, shared_registry)
+            decoder = format_plugin(route.format).create(context)
             self._bindings.append(_Binding(route, decoder, target, route.id))
 
     def _binding(self, record: SourceRecord) -> _Binding:

@@ -31,7 +31,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import groupby, islice
 from operator import attrgetter
 from typing import TypeVar
@@ -43,9 +43,11 @@ from connector.config import PipelineConfig
 from connector.dlq import DeadLetter, DeadLetterProducer
 from connector.dlq_replay import restore
 from connector.errors import ConnectorError, RecordError, RecordErrorKind, RetryableError
+from connector.logs import coordinates
 from connector.mapping import Mapper
 from connector.observer import PipelineObserver
 from connector.offsets import OffsetTracker
+from connector.progress import LogProgress, Progress, ProgressSink
 from connector.records import MappedObject, SourceRecord, TopicPartition
 from connector.release import Releaser
 from connector.schemas import ObjectTypes
@@ -53,8 +55,8 @@ from connector.sources import Source
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 10.0
 CAUGHT_UP_CHECK_INTERVAL_S = 0.25
+LAG_REFRESH_S = 5.0
 PAUSE_AFTER_S = 5.0
 FETCH_SLICE = 500
 CLOSE_RESERVE_S = 5.0  # of the shutdown timeout, kept for the final commit and leaving the group
@@ -98,6 +100,10 @@ class RunSummary:
     def rate(self) -> float:
         return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def as_dict(self) -> dict[str, object]:
+        """The summary as one JSON object (``--log-format json``)."""
+        return {**asdict(self), "rate": round(self.rate, 1)}
+
     def lines(self) -> list[str]:
         return [
             f"records:    {self.records}",
@@ -135,6 +141,7 @@ class Pipeline:
         observer: PipelineObserver | None = None,
         dead_letters: DeadLetterProducer | None = None,
         replay: bool = False,
+        progress: ProgressSink | None = None,
     ) -> None:
         self._config = config
         self._source = source
@@ -143,6 +150,8 @@ class Pipeline:
         self._until_caught_up = until_caught_up
         self._assignment_timeout_s = assignment_timeout_s
         self._pause_after_s = pause_after_s
+        self._progress = progress or LogProgress()
+        self._caught_up_at_end = False
         self._shutdown_s = config.shutdown.timeout_ms / 1000
         self._tracker = OffsetTracker()
         self._releaser = Releaser(config, source)
@@ -298,7 +307,8 @@ class Pipeline:
         otherwise the objects batched before it are still written and committed."""
         if self._error is None:
             self._error = error
-            log.error("%s", error)
+            where = coordinates(error.where) if isinstance(error, RecordError) else None
+            log.error("%s", error, extra=where)
         if discard:
             self._discard = True
             self._ready.clear()
@@ -330,7 +340,7 @@ class Pipeline:
         self.started = True
         ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
-        progress_task = asyncio.create_task(self._progress_loop(started), name="progress")
+        progress_task = asyncio.create_task(self._progress_loop(), name="progress")
         letter_task = asyncio.create_task(self._dead_letter_loop(), name="dead-letter")
         try:
             await self._fetch_loop()
@@ -343,6 +353,8 @@ class Pipeline:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            finished = self._caught_up_at_end and self._error is None
+            self._progress.close(self._snapshot(0 if finished else None), finished)
             await self._bounded(self._commit_now(final=True), _left(deadline), "the final commit")
             await self._source.close(max(_left(deadline), CLOSE_MIN_S))
             await self._bounded(self._backend.close(), CLOSE_MIN_S, "closing the backend")
@@ -466,6 +478,7 @@ class Pipeline:
                 last_check = now
                 if await self._caught_up():
                     log.info("caught up: no lag on %d partition(s)", len(self._assigned))
+                    self._caught_up_at_end = True
                     return
 
     def _map_run(self, run: list[SourceRecord]) -> bool:
@@ -602,21 +615,25 @@ class Pipeline:
             or self._tracker.in_flight()
         ):
             return False
+        return await self._unfetched() == 0
+
+    async def _unfetched(self) -> int:
+        """How many records of the assigned partitions lie past the consumer's position."""
         assigned = sorted(self._assigned, key=str)
         marks = await self._source.watermarks(assigned)
         positions = await self._source.position(assigned)
         unknown = [tp for tp in assigned if positions.get(tp) is None]
         committed = await self._source.committed(unknown)
         earliest = self._config.kafka.auto_offset_reset == "earliest"
+        left = 0
         for tp in assigned:
             low, high = marks[tp]
             position = positions.get(tp)
             if position is None:
                 stored = committed.get(tp)
                 position = stored if stored is not None else (low if earliest else high)
-            if position < high:
-                return False
-        return True
+            left += max(0, high - position)
+        return left
 
     # --- ingest ------------------------------------------------------------------------
 
@@ -677,7 +694,8 @@ class Pipeline:
         if counts[Outcome.CONFLICT] and Outcome.CONFLICT not in self._dead_outcomes:
             for obj, result in zip(objects[:end], results, strict=False):
                 if result.outcome is Outcome.CONFLICT:
-                    log.warning("%s", self._failure(obj, result))
+                    error = self._failure(obj, result)
+                    log.warning("%s", error, extra=coordinates(error.where))
         if failed:
             letters, handled = self._backend_letters(objects[:end], results)
             self._dead_letter(letters)
@@ -856,16 +874,27 @@ class Pipeline:
         if self._releaser.enabled:
             await self._releaser.committed(offsets, force=final)
 
-    async def _progress_loop(self, started: float) -> None:
+    async def _progress_loop(self) -> None:
+        """Report progress every interval. A run until caught up also reports its lag: asked
+        from the broker at most every ``LAG_REFRESH_S`` (a round trip per partition on the
+        consumer's thread) and counted down by the records done in between. An endless run
+        does not ask, so that a broker outage cannot hold up its consumer thread for this."""
+        measured: tuple[float, int, int] | None = None  # when, lag then, records then
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL_S)
-            s = self._summary
-            elapsed = time.monotonic() - started
-            log.info(
-                "progress: %d records (%d ingested, %d duplicates, %d conflicts), %.0f records/s",
-                s.records,
-                s.inserted,
-                s.duplicates,
-                s.conflicts,
-                s.records / elapsed if elapsed else 0.0,
-            )
+            await asyncio.sleep(self._progress.interval_s)
+            now, done = time.monotonic(), self._summary.records
+            if not self._assigned or not self._until_caught_up:
+                measured = None
+            elif measured is None or now - measured[0] >= LAG_REFRESH_S:
+                try:
+                    measured = (now, await self._unfetched() + self._tracker.in_flight(), done)
+                except Exception as exc:  # a rebalance or a broker hiccup: shown as unknown
+                    log.debug("lag not known: %s", exc)
+                    measured = None
+            lag = None if measured is None else max(0, measured[1] - (done - measured[2]))
+            self._progress.update(self._snapshot(lag))
+
+    def _snapshot(self, lag: int | None) -> Progress:
+        s = self._summary
+        elapsed = time.monotonic() - self._started
+        return Progress(s.records, s.inserted, s.duplicates, s.conflicts, lag, elapsed)

@@ -33,6 +33,7 @@ from connector.connect_config import (
 )
 from connector.errors import ConfigError, ConnectorError
 from connector.metrics import package_version
+from connector.plugins import list_plugins
 from connector.worker import ApiError, HostedConnector, Worker, checked_types
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,13 @@ class RestApi:
         body = self.worker.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
-    async def plugins(self, _: web.Request) -> web.Response:
-        return web.json_response([plugin_info()])
+    async def plugins(self, request: web.Request) -> web.Response:
+        """The connector plugin; with ``?connectorsOnly=false`` (as in Connect) also every
+        backend and format found through entry points, with its version."""
+        found = [plugin_info()]
+        if request.query.get("connectorsOnly", "true").lower() == "false":
+            found += [plugin.connect() for plugin in list_plugins()]
+        return web.json_response(found)
 
     # --- connectors ----------------------------------------------------------------------
 

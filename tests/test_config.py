@@ -143,14 +143,14 @@ def test_missing_section(tmp_path: Path) -> None:
 def test_unknown_backend_type(tmp_path: Path) -> None:
     text = GOOD.replace("type: sqlite", "type: mysql")
     assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
-        "backend.type: unknown type 'mysql'; use one of 'sqlite', 'postgres', 'mongodb'"
+        "backend.type: unknown type 'mysql'; use one of 'mongodb', 'postgres', 'sqlite' or install a backend plugin (`data-ingest plugins` lists the installed ones)"
     ]
 
 
 def test_unknown_format(tmp_path: Path) -> None:
     text = GOOD.replace("format: json", "format: xml")
     assert errors_of(tmp_path, text, {"DB_PATH": "a"}) == [
-        "routes[0].format: Input should be 'json', 'avro' or 'avro-raw' (got 'xml')"
+        "routes[0].format: unknown format 'xml'; use one of 'avro', 'avro-raw', 'json' or install a format plugin (`data-ingest plugins` lists the installed ones)"
     ]
 
 

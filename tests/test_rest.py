@@ -80,6 +80,10 @@ async def test_root_health_ping_and_plugins(client: TestClient[Any, Any]) -> Non
     assert (await client.get("/ping")).status == 200
     plugins = await (await client.get("/connector-plugins")).json()
     assert plugins == [{"class": PLUGIN_CLASS, "type": "sink", "version": root["version"]}]
+    every = await (await client.get("/connector-plugins?connectorsOnly=false")).json()
+    assert every[0] == plugins[0]
+    assert {"class": "postgres", "type": "sink", "version": root["version"]} in every
+    assert {"class": "avro", "type": "converter", "version": root["version"]} in every
 
 
 async def test_create_get_list_and_secrets_redacted(

@@ -43,15 +43,20 @@ Outcomes:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from connector.records import MappedObject
 
 if TYPE_CHECKING:
     from connector.config import BackendConfig
     from connector.schemas import ObjectTypes
+
+S = TypeVar("S", bound=BaseModel)
 
 #: The name of the reader view that hides tombstone markers (SQL backends): ``Sensor_live``.
 LIVE_VIEW_SUFFIX = "_live"
@@ -118,39 +123,46 @@ class Backend(ABC):
         """Release connections."""
 
 
+@dataclass(frozen=True, slots=True)
+class BackendPlugin(Generic[S]):
+    """What an entry point of the group ``data_ingest.backends`` names.
+
+    ``settings`` is the pydantic model of the backend's own keys in the ``backend`` section;
+    ``create`` builds the backend; ``problems`` (optional) checks the settings against the
+    object types without a server, one line per problem.
+    """
+
+    settings: type[S]
+    create: Callable[[S, ObjectTypes], Backend]
+    problems: Callable[[S, ObjectTypes], list[str]] | None = None
+
+    def settings_of(self, section: BaseModel) -> S:
+        """The plugin's settings from a ``backend`` section; ``ValidationError`` if invalid."""
+        if isinstance(section, self.settings):
+            return section
+        from connector.config import PluginBackendConfig
+
+        assert isinstance(section, PluginBackendConfig)
+        return self.settings.model_validate(section.settings)
+
+
 def settings_problems(config: BackendConfig, types: ObjectTypes) -> list[str]:
     """What in the backend section contradicts the object types, one line each.
 
     Needs no server, so the CLI reports these with the other configuration errors, before
     anything is opened or consumed.
     """
-    from connector.config import MongoBackendConfig, PostgresBackendConfig
+    from connector.plugins import backend_plugin
 
-    if isinstance(config, PostgresBackendConfig):
-        from connector.backends.postgres_tables import table_problems
-
-        return table_problems(types, config.db_schema)
-    if isinstance(config, MongoBackendConfig):
-        from connector.backends.mongodb_settings import settings_problems as mongodb_problems
-
-        return mongodb_problems(config, types)
-    return []
+    plugin = backend_plugin(config.type)
+    if plugin.problems is None:
+        return []
+    return plugin.problems(plugin.settings_of(config), types)
 
 
 def create_backend(config: BackendConfig, types: ObjectTypes) -> Backend:
-    """Build the backend named by a backend config section."""
-    from connector.config import MongoBackendConfig, PostgresBackendConfig, SqliteBackendConfig
+    """Build the backend named by a backend config section, through its plugin."""
+    from connector.plugins import backend_plugin
 
-    if isinstance(config, SqliteBackendConfig):
-        from connector.backends.sqlite import SqliteBackend
-
-        return SqliteBackend(config)
-    if isinstance(config, PostgresBackendConfig):
-        from connector.backends.postgres import PostgresBackend
-
-        return PostgresBackend(config, types)
-    if isinstance(config, MongoBackendConfig):
-        from connector.backends.mongodb import MongoBackend
-
-        return MongoBackend(config, types)
-    raise ValueError(f"unsupported backend config {type(config).__name__}")
+    plugin = backend_plugin(config.type)
+    return plugin.create(plugin.settings_of(config), types)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from connector.errors import RecordError
 from connector.records import SourceRecord
-from connector.schemas import ObjectType
+from connector.schemas import ObjectType, ObjectTypes
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+    from connector.config import PipelineConfig, RouteConfig
 
 
 class Decoder(Protocol):
@@ -42,3 +48,25 @@ def decode_until_bad(
     except RecordError as exc:
         return decoded, exc
     return decoded, None
+
+
+@dataclass(frozen=True, slots=True)
+class FormatContext:
+    """What a format plugin gets to build the decoder of one route.
+
+    ``target`` is the route's declared type (None with ``type_from: writer_schema``);
+    ``registry()`` is the pipeline's Schema Registry client, shared by its routes.
+    """
+
+    route: RouteConfig
+    target: ObjectType | None
+    types: ObjectTypes
+    config: PipelineConfig
+    registry: Callable[[], AsyncSchemaRegistryClient]
+
+
+@dataclass(frozen=True, slots=True)
+class FormatPlugin:
+    """What an entry point of the group ``data_ingest.formats`` names."""
+
+    create: Callable[[FormatContext], Decoder]

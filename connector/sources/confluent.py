@@ -36,6 +36,7 @@ from connector.sources import RebalanceListener, Source
 from connector.sources.security import describe_endpoint, librdkafka_settings
 
 log = logging.getLogger(__name__)
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 T = TypeVar("T")
 
@@ -164,6 +165,7 @@ class ConfluentSource(Source):
         if self._consumer is None or self._thread is None:
             settings = consumer_settings(self._config)
             settings["error_cb"] = self._on_error
+            settings["logger"] = LIBRDKAFKA_LOG  # its lines join ours (format, redaction)
             self._loop = asyncio.get_running_loop()
             self._consumer = Consumer(settings)
             self._thread = _ClientThread()
@@ -394,7 +396,8 @@ class ConfluentSource(Source):
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(admin_settings(self._config))
+            settings: dict[str, Any] = {**admin_settings(self._config), "logger": LIBRDKAFKA_LOG}
+            self._admin = AdminClient(settings)
         return self._admin
 
     async def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
