@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from connector.backends import create_backend, settings_problems
+from connector.backends import create_backend
 from connector.config import DeadLetterQueueConfig, PipelineConfig, load_config
 from connector.dlq import DeadLetterProducer
 from connector.dlq_inspect import inspect
@@ -23,10 +23,10 @@ from connector.dlq_replay import ReplaySource
 from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError, ConnectorError
 from connector.logs import REDACT, secrets_of, set_connector, setup_logging
-from connector.mapping import bind_routes
+from connector.mapping import checked_types
 from connector.pipeline import Pipeline, RunSummary
 from connector.progress import PROGRESS_INTERVAL_S, LogProgress, ProgressSink
-from connector.schemas import ObjectTypes, SchemaViolations, check_directory, load_object_types
+from connector.schemas import ObjectTypes, check_directory, load_object_types
 from connector.sources import create_source
 
 EXIT_OK = 0
@@ -266,15 +266,7 @@ def _check_schemas(args: argparse.Namespace) -> int:
 def _load(path: str) -> tuple[PipelineConfig, ObjectTypes]:
     """The pipeline file and its object types, checked against each other."""
     config = load_config(path)
-    try:
-        types = load_object_types(config.schemas.dir)
-    except SchemaViolations as exc:
-        raise ConfigError(path, [f"schemas.dir: {v}" for v in exc.violations]) from None
-    bind_routes(config, types, path)
-    problems = settings_problems(config.backend, types)
-    if problems:
-        raise ConfigError(path, problems)
-    return config, types
+    return config, checked_types(config, path)
 
 
 def _progress_sink(args: argparse.Namespace) -> ProgressSink:

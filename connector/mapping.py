@@ -21,13 +21,14 @@ from typing import Any
 from bson import ObjectId
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
+from connector.backends import settings_problems
 from connector.config import PipelineConfig, RouteConfig
 from connector.errors import ConfigError, Coordinates, RecordError, RecordErrorKind
 from connector.formats import Decoder, FormatContext
 from connector.formats.avro_format import RawAvroDecoder, SchemaMismatch
 from connector.plugins import format_plugin
 from connector.records import MappedObject, SourceRecord
-from connector.schemas import ObjectType, ObjectTypes
+from connector.schemas import ObjectType, ObjectTypes, SchemaViolations, load_object_types
 
 # Fixed namespace for ids derived from Kafka coordinates; changing it would change every
 # derived id and break idempotent replays, so it is part of the storage format.
@@ -325,3 +326,17 @@ class Mapper:
                 f"the record key is not a {target.id_type} _id of {target.name} ({exc})",
                 in_key=True,
             ) from None
+
+
+def checked_types(config: PipelineConfig, source: str) -> ObjectTypes:
+    """The object types of ``config``, checked against its routes and backend settings;
+    ``ConfigError`` naming ``source`` (a file or a connector) lists what does not fit."""
+    try:
+        types = load_object_types(config.schemas.dir)
+    except SchemaViolations as exc:
+        raise ConfigError(source, [f"schemas.dir: {v}" for v in exc.violations]) from None
+    bind_routes(config, types, source)
+    problems = settings_problems(config.backend, types)
+    if problems:
+        raise ConfigError(source, problems)
+    return types

@@ -32,9 +32,10 @@ from connector.connect_config import (
     secret_values,
 )
 from connector.errors import ConfigError, ConnectorError
+from connector.mapping import checked_types
 from connector.metrics import package_version
 from connector.plugins import list_plugins
-from connector.worker import ApiError, HostedConnector, Worker, checked_types
+from connector.worker import ApiError, HostedConnector, Worker
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import yaml
 
 from connector import group_offsets
-from connector.backends import create_backend, settings_problems
+from connector.backends import create_backend
 from connector.config import PipelineConfig, load_config
 from connector.connect_config import (
     SecretFilter,
@@ -36,10 +36,10 @@ from connector.connect_config import (
     with_connect_keys,
 )
 from connector.errors import ConfigError, ConnectorError
-from connector.mapping import bind_routes
+from connector.mapping import checked_types
 from connector.metrics import ConnectorMetrics, Metrics
 from connector.pipeline import Pipeline, RunSummary
-from connector.schemas import ObjectTypes, SchemaViolations, load_object_types
+from connector.schemas import ObjectTypes
 from connector.sources import create_source
 
 log = logging.getLogger(__name__)
@@ -84,19 +84,6 @@ class ApiError(Exception):
 
 def not_found(name: str) -> ApiError:
     return ApiError(404, f"Connector {name} not found")
-
-
-def checked_types(config: PipelineConfig, source: str) -> ObjectTypes:
-    """The object types of ``config``, checked against its routes and backend settings."""
-    try:
-        types = load_object_types(config.schemas.dir)
-    except SchemaViolations as exc:
-        raise ConfigError(source, [f"schemas.dir: {v}" for v in exc.violations]) from None
-    bind_routes(config, types, source)
-    problems = settings_problems(config.backend, types)
-    if problems:
-        raise ConfigError(source, problems)
-    return types
 
 
 class HostedConnector:
