@@ -89,7 +89,8 @@ def measurement(topic: str, partition: int, i: int) -> bytes:
 
 
 class BackgroundProducer:
-    """Keeps producing Measurements round-robin over partitions until stopped."""
+    """Keeps producing Measurements round-robin over partitions until stopped, or until
+    ``limit`` records are sent (a bound on what a slow backend must ingest afterwards)."""
 
     def __init__(
         self,
@@ -98,8 +99,10 @@ class BackgroundProducer:
         partitions: int,
         rate_per_s: int,
         value: Callable[[str, int, int], bytes] = measurement,
+        limit: int | None = None,
     ) -> None:
         self.topic = topic
+        self.limit = limit
         self.value = value
         self.partitions = partitions
         self.rate = rate_per_s
@@ -122,6 +125,9 @@ class BackgroundProducer:
         i = 0
         chunk = max(1, self.rate // 20)
         while not self._stop.is_set():
+            if self.limit is not None and i >= self.limit:
+                self._stop.wait(0.05)
+                continue
             for _ in range(chunk):
                 partition = i % self.partitions
                 n = self.sent[partition]

@@ -99,7 +99,11 @@ def fleet_chaos(
         return measurement_id(topic, partition, n) if with_ids else derived_id(topic, partition, n)
 
     rng = random.Random(seed)
-    producer = BackgroundProducer(bootstrap, topic, partitions, rate_per_s=2000, value=value)
+    # Bounded: on a slow backend (FerretDB) each change's check reads every stored id, so an
+    # unbounded producer makes the changes, and the ingest left after them, ever longer.
+    producer = BackgroundProducer(
+        bootstrap, topic, partitions, rate_per_s=2000, value=value, limit=3 * records
+    )
     fleet = Fleet(config, tmp_path, hosted=hosted)
     producer.start()
     try:

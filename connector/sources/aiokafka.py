@@ -106,8 +106,10 @@ class AiokafkaSource(Source):
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._listener: RebalanceListener | None = None
-        # Commits run one at a time, and none for a partition being revoked: a periodic
-        # commit racing a revoke must not land after the revoke's (higher) commit.
+        # Commits run one at a time, and none for a partition revoked and not assigned
+        # again: a periodic commit racing a revoke must not land after the revoke's (higher)
+        # commit. A revoked partition stays here until a new assignment names it, because
+        # aiokafka still reports it assigned between the revoke and the next assignment.
         self._commit_lock = asyncio.Lock()
         self._revoking: set[TopicPartition] = set()
 
@@ -241,6 +243,7 @@ class AiokafkaSource(Source):
 
     def _assign(self, partitions: list[TopicPartition]) -> None:
         log.info("assigned: %s", _describe_tps(partitions))
+        self._revoking.difference_update(partitions)
         self._require_listener().on_assigned(partitions)
 
     async def _revoke(self, partitions: list[TopicPartition]) -> None:
@@ -258,19 +261,16 @@ class AiokafkaSource(Source):
             return
         log.info("revoked: %s", _describe_tps(partitions))
         self._revoking.update(partitions)
+        offsets = await listener.on_revoked(partitions)
+        if not offsets:
+            return
         try:
-            offsets = await listener.on_revoked(partitions)
-            if not offsets:
-                return
-            try:
-                async with self._commit_lock:
-                    await self._commit(offsets)
-            except ConnectorError as exc:
-                log.warning("commit on revoke skipped (%s); records will be redelivered", exc)
-            else:
-                log.info("committed on revoke: %s", _describe_offsets(offsets))
-        finally:
-            self._revoking.difference_update(partitions)
+            async with self._commit_lock:
+                await self._commit(offsets)
+        except ConnectorError as exc:
+            log.warning("commit on revoke skipped (%s); records will be redelivered", exc)
+        else:
+            log.info("committed on revoke: %s", _describe_offsets(offsets))
 
     def _fenced(self) -> bool:
         """True when the group no longer knows this member (its generation was reset).
