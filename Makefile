@@ -11,14 +11,15 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format soak bench fuzz image test-image clean
+.PHONY: help venv kafka services quickstart test unit integration lint format slow soak bench fuzz image test-image clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
 	@echo "make test         install what the tests need, lint, run unit and integration tests"
 	@echo "make unit         unit tests only (no services)"
 	@echo "make lint         ruff check and format check, mypy --strict on connector/"
-	@echo "make soak         bench/chaos.py: >= 100 SIGKILLs and membership changes (minutes)"
+	@echo "make slow         the tests marked slow (FerretDB fleet chaos, ...): not in make test"
+	@echo "make soak         make slow, then bench/chaos.py: >= 100 SIGKILLs and membership changes"
 	@echo "make bench        bench/bench.py: ours vs ceilings and peers, 1M records (long)"
 	@echo "make fuzz         the dead-letter fuzz at full size: 10,000 poison + 50,000 good records"
 	@echo "make image        build the container image with podman (Debian base via mmdebstrap)"
@@ -60,12 +61,18 @@ integration: venv kafka services
 	$(BIN)/python -m pytest -ra integration
 
 # -ra lists every skipped test with its reason; pytest exits non-zero when no test is
-# collected, so an empty run cannot pass.
+# collected, so an empty run cannot pass. Tests marked slow (minutes each) are deselected
+# here, and pytest says how many: they run in `make slow`.
 test: venv kafka services lint
-	$(BIN)/python -m pytest -ra tests integration
+	$(BIN)/python -m pytest -ra --durations=30 -m "not slow" tests integration
 
-# Not part of `make test`: it runs for minutes. Prints lost / duplicated / conflicts.
-soak: venv kafka services
+# The tests marked slow: FerretDB's fleet chaos, aiokafka's fleet chaos with derived ids.
+slow: venv kafka services
+	$(BIN)/python -m pytest -ra -m slow tests integration
+
+# Not part of `make test`: it runs for minutes. The slow tests, then the soak script,
+# which prints lost / duplicated / conflicts.
+soak: venv kafka services slow
 	$(BIN)/python bench/chaos.py
 
 # Not part of `make test`: the side-by-side benchmark (issue 8), 1M records, tens of minutes.

@@ -757,9 +757,11 @@ def run_ours(
     # A count of a large collection can take long, and the poll waits 10x that: the exit
     # (right after the last record is stored, with --until-caught-up) bounds it.
     outcome.wall_s = min(clock.done_s or run.wall_s, run.wall_s)
-    if clock.first_s is not None and target != "none":
+    if clock.first_s is not None and target != "none" and outcome.wall_s > clock.first_s:
         outcome.active_s = outcome.wall_s - clock.first_s
-    else:  # the acking ceiling stores nothing: the pipeline's own summary
+    else:
+        # The acking ceiling stores nothing, and a small run can be stored between two
+        # polls of the clock: the pipeline's own summary.
         outcome.active_s = summary["elapsed"] - summary.get("startup", 0.0)
     outcome.settings["own summary"] = {k: summary.get(k) for k in ("elapsed", "startup")}
     if target == "none":

@@ -22,6 +22,7 @@ from connector.dlq_inspect import inspect
 from connector.dlq_replay import ReplaySource
 from connector.entry import EARLY_SIGNALS
 from connector.errors import ConfigError, ConnectorError
+from connector.gc_tuning import tune_gc
 from connector.logs import REDACT, secrets_of, set_connector, setup_logging
 from connector.mapping import checked_types
 from connector.pipeline import Pipeline, RunSummary
@@ -431,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         from connector.worker_cli import serve_worker
 
+        tune_gc()
         try:
             return asyncio.run(serve_worker(Path(args.config)))
         except (ConfigError, ValueError) as exc:
@@ -463,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_connector(config.kafka.group_id)
     try:
         if args.command == "run" or replaying:
+            tune_gc()
             return asyncio.run(_run(config, types, args))
         if args.command == "dlq":
             print("\n".join(inspect(config.kafka, settings.topic, args.errors)))

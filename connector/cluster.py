@@ -36,6 +36,14 @@ HEARTBEAT_S = 2.0
 STALE_S = 10.0
 APPLY_TIMEOUT_S = 30.0
 POLL_S = 0.2
+LEADER_WAIT_S = 30.0
+# A topic created a moment ago has no partition leader yet: its metadata answers these
+# until the controller has elected one, so reading it is retried for up to LEADER_WAIT_S.
+NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 class ClusterError(ConnectorError):
@@ -144,10 +152,17 @@ class KafkaClusterStore:
 
     def _config_end(self) -> int:
         assert self._consumer is not None
-        _low, high = self._consumer.get_watermark_offsets(
-            CkTopicPartition(self.config_topic, 0), timeout=30
-        )
-        return int(high)
+        deadline = time.monotonic() + LEADER_WAIT_S
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    CkTopicPartition(self.config_topic, 0), timeout=30
+                )
+                return int(high)
+            except KafkaException as exc:
+                if exc.args[0].code() not in NO_LEADER_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     # --- following the topics ------------------------------------------------------------
 

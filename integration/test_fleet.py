@@ -176,14 +176,22 @@ def fleet_chaos(
     )
 
 
-@pytest.mark.parametrize("backend_under_test", ["sqlite", "postgres", "mongodb"], indirect=True)
+# FerretDB re-reads every stored id on each membership change: about 6 minutes, so
+# it runs in `make slow` (part of `make soak`), not in `make test`.
+@pytest.mark.parametrize(
+    "backend_under_test",
+    ["sqlite", "postgres", pytest.param("mongodb", marks=pytest.mark.slow)],
+    indirect=True,
+)
 def test_rebalance_chaos_every_backend(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
 ) -> None:
     fleet_chaos(tmp_path, kafka_bootstrap, backend_under_test, "confluent", with_ids=True, seed=7)
 
 
-@ENGINES
+# aiokafka's fleet chaos runs in `make test` with given ids (test_rebalance_chaos_aiokafka);
+# with derived ids in `make slow`.
+@pytest.mark.parametrize("engine", ["confluent", pytest.param("aiokafka", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("backend_under_test", ["postgres"], indirect=True)
 def test_rebalance_chaos_with_derived_ids(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest, engine: str

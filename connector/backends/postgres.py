@@ -174,28 +174,46 @@ class _Statements:
         self, conn: asyncpg.Connection, objects: list[MappedObject]
     ) -> list[tuple[Any, ...]]:
         """COPY ``objects`` into the staging table (``_seq`` = position); returns the rows."""
-        rows = [self.row(obj, seq) for seq, obj in enumerate(objects)]
+        rows = self.rows(objects)
         await conn.copy_records_to_table(
             self.stage.strip('"'), records=rows, columns=[*self.columns, "_seq"]
         )
         return rows
 
-    def row(self, obj: MappedObject, seq: int) -> tuple[Any, ...]:
-        """The staging row of one object (the hot path: a C-level pick of every field)."""
-        document = obj.document
+    def rows(self, objects: list[MappedObject]) -> list[tuple[Any, ...]]:
+        """The staging rows of ``objects``, column by column: the fields are picked with C
+        getters over the whole batch, a Python call per row only where a column converts."""
+        documents = list(map(_document, objects))
+        names = self._names
         try:
-            picked = self._pick(document)
-        except KeyError:  # a field absent from the document is NULL
-            picked = tuple(document.get(name) for name in self._names)
-        values = list(picked) if len(self._names) > 1 else [picked]
-        for i, convert in self._converted:
-            values[i] = convert(values[i])
-        record = obj.record
-        values += (record.topic, record.partition, record.offset)
+            picked = list(map(self._pick, documents))
+            if len(names) == 1:  # itemgetter of one name gives the value itself
+                picked = [(value,) for value in picked]
+        except KeyError:  # a field absent from a document is NULL
+            picked = [tuple(map(document.get, names)) for document in documents]
+        if self._converted:
+            picked = list(map(self._convert, picked))
+        places = map(_coordinates, map(_origin, objects))
         if self.table.standard:
-            values.append(obj.tombstone)
-        values.append(seq)
-        return tuple(values)
+            flags = map(_tombstone, objects)
+            rows = zip(picked, places, flags, strict=False)
+            return [(*values, *place, flag, seq) for seq, (values, place, flag) in enumerate(rows)]
+        return [
+            (*values, *place, seq)
+            for seq, (values, place) in enumerate(zip(picked, places, strict=False))
+        ]
+
+    def _convert(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        converted = list(values)
+        for i, convert in self._converted:
+            converted[i] = convert(converted[i])
+        return tuple(converted)
+
+
+_document = operator.attrgetter("document")
+_origin = operator.attrgetter("record")
+_tombstone = operator.attrgetter("tombstone")
+_coordinates = operator.attrgetter("topic", "partition", "offset")
 
 
 def _literal(text: str) -> str:

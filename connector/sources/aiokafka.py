@@ -328,16 +328,18 @@ class AiokafkaSource(Source):
                 continue
             for msg in messages:
                 timestamp = msg.timestamp if msg.timestamp_type is not None else None
+                # Positional (keywords cost per record): topic, partition, offset, key,
+                # value, timestamp_ms, epoch, headers.
                 records.append(
                     SourceRecord(
-                        topic=msg.topic,
-                        partition=msg.partition,
-                        offset=msg.offset,
-                        key=msg.key,
-                        value=msg.value,
-                        timestamp_ms=timestamp if timestamp is None or timestamp >= 0 else None,
-                        epoch=epoch,
-                        headers=list(msg.headers) or None,
+                        msg.topic,
+                        msg.partition,
+                        msg.offset,
+                        msg.key,
+                        msg.value,
+                        timestamp if timestamp is None or timestamp >= 0 else None,
+                        epoch,
+                        list(msg.headers) or None,
                     )
                 )
         return records

@@ -301,7 +301,8 @@ class ConfluentSource(Source):
         messages = consumer.consume(num_messages=max_records, timeout=timeout_s)
         listener = self._listener
         assert listener is not None
-        epochs: dict[TopicPartition, int | None] = {}
+        # Keyed by plain tuples: hashing a TopicPartition per record costs a Python call.
+        epochs: dict[tuple[str, int], int | None] = {}
         records: list[SourceRecord] = []
         for msg in messages:
             error = msg.error()
@@ -309,13 +310,13 @@ class ConfluentSource(Source):
                 self._message_error(error)
                 continue
             # A message without an error always has its topic, partition and offset.
-            tp = TopicPartition(msg.topic(), msg.partition())  # type: ignore[arg-type]
-            if tp not in epochs:
-                epochs[tp] = listener.epoch(tp)
-            epoch = epochs[tp]
+            where: tuple[str, int] = (msg.topic(), msg.partition())  # type: ignore[assignment]
+            epoch = epochs.get(where, 0)
+            if epoch == 0:
+                epoch = epochs[where] = listener.epoch(TopicPartition(*where))
             if epoch is None:
                 continue  # fetched before its partition was revoked in this very call
-            records.append(_record(msg, tp, epoch))
+            records.append(_record(msg, where, epoch))
         if self._reassigned:
             records = _after_reassignment(records, self._reassigned)
         return records
@@ -436,17 +437,17 @@ class ConfluentSource(Source):
         return sorted(metadata.topics)
 
 
-def _record(msg: Message, tp: TopicPartition, epoch: int) -> SourceRecord:
+def _record(msg: Message, where: tuple[str, int], epoch: int) -> SourceRecord:
     ts_type, ts = msg.timestamp()
+    # Positional: (topic, partition, offset, key, value, timestamp_ms, epoch, headers).
     return SourceRecord(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=msg.offset(),  # type: ignore[arg-type]
-        key=msg.key(),
-        value=msg.value(),
-        timestamp_ms=ts if ts_type != 0 else None,
-        epoch=epoch,
-        headers=msg.headers(),  # type: ignore[arg-type]  # a consumer's are (str, bytes) pairs
+        *where,
+        msg.offset(),  # type: ignore[arg-type]
+        msg.key(),
+        msg.value(),
+        ts if ts_type != 0 else None,
+        epoch,
+        msg.headers(),  # type: ignore[arg-type]  # a consumer's are (str, bytes) pairs
     )
 
 
