@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import groupby, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -35,6 +35,7 @@ from connector.schemas import ObjectType, ObjectTypes, SchemaViolations, load_ob
 COORDINATES_NAMESPACE = uuid.UUID("5f1d7a3e-2b7c-5e47-9a51-6f0d1c2b8e90")
 DERIVABLE_ID_TYPES = ("string", "uuid", "long", "ObjectId")
 _value = attrgetter("value")
+_topic_of = attrgetter("topic")
 
 
 def coordinates_uuid(where: Coordinates) -> uuid.UUID:
@@ -209,12 +210,13 @@ class Mapper:
     async def prepare(self, records: list[SourceRecord]) -> None:
         """Let decoders fetch what they need (writer schemas) for ``records``; may retry."""
         pending: dict[int, tuple[_Binding, list[SourceRecord]]] = {}
-        for record in records:
+        for _topic, same_topic in groupby(records, _topic_of):  # a fetch: few long runs
+            run = list(same_topic)
             try:
-                binding = self._binding(record)
+                binding = self._binding(run[0])
             except RecordError:
                 continue
-            pending.setdefault(id(binding), (binding, []))[1].append(record)
+            pending.setdefault(id(binding), (binding, []))[1].extend(run)
         for binding, subset in pending.values():
             await binding.decoder.prepare(subset)
 
