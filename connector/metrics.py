@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from connector.backends import Outcome
+from connector.dlq import DeadLetter
 from connector.observer import PipelineObserver
 from connector.records import MappedObject, TopicPartition
 
@@ -105,6 +106,13 @@ class Metrics:
             f"{PREFIX}_records",
             "Records handled, by connector, topic, object type and backend outcome",
             ["connector", "topic", "type", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            f"{PREFIX}_dead_letters",
+            "Records sent to the dead-letter topic and acknowledged by the broker, by "
+            "connector, original topic, object type (empty when unknown) and error kind",
+            ["connector", "topic", "type", "kind"],
             registry=r,
         )
         self.lag = Gauge(
@@ -211,6 +219,14 @@ class ConnectorMetrics(PipelineObserver):
             self.name, map(_timestamp, objects), time.time() * 1000
         )
 
+    def dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
+        tally = Tally(
+            (letter.record.topic, letter.object_type or "", letter.error.kind.value)
+            for letter in letters
+        )
+        for labels, n in tally.items():
+            self._m.dead_letters.labels(self.name, *labels).inc(n)
+
     def batch_written(self, size: int, seconds: float) -> None:
         self._batch.observe(size)
         self._write.observe(seconds)
@@ -248,6 +264,7 @@ class ConnectorMetrics(PipelineObserver):
         m = self._m
         for metric in (
             m.records,
+            m.dead_letters,
             m.lag,
             m.batch_size,
             m.write_latency,

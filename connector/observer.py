@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from connector.backends import Outcome
+from connector.dlq import DeadLetter
 from connector.records import MappedObject
 
 
@@ -17,6 +18,9 @@ class PipelineObserver:
 
     def acknowledged(self, objects: Sequence[MappedObject], outcomes: Sequence[Outcome]) -> None:
         """The backend's outcomes for ``objects`` (in order), as the pipeline counted them."""
+
+    def dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
+        """The broker acknowledged the dead-letter records of ``letters``."""
 
     def batch_written(self, size: int, seconds: float) -> None:
         """One successful backend write of ``size`` objects took ``seconds``."""

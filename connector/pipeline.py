@@ -788,6 +788,7 @@ class Pipeline:
             self._tracker.ack_many(TopicPartition(topic, partition), epoch, list(map(_offset, run)))
         self._summary.records += len(delivered)
         self._summary.dead_lettered += len(delivered)
+        self._observer.dead_lettered(delivered)
         for letter in delivered:
             log.warning("dead-lettered to %r: %s", dlq.topic, letter.error)
         # A letter of a partition revoked meanwhile is not sent again: the next owner reads

@@ -291,3 +291,37 @@ async def test_replay_maps_dead_letters_with_their_original_coordinates() -> Non
     assert letters.sent[0].record.headers == [("trace", b"t")]
     assert [lt.tracked.offset for lt in letters.sent] == [1, 2]
     assert source.last_commit(DLQ_TP) == 4
+
+
+async def test_dead_letters_are_counted_in_the_metrics_once_acknowledged() -> None:
+    from connector.metrics import Metrics
+    from tests.test_metrics import samples
+
+    metrics = Metrics()
+    data = logs(10)
+    data[P1][3] = b'{"_id": "bad", '
+    data[P1][4] = None
+    data[P2][5] = b"not json either"
+    source = FakeSource(data)
+    letters = FakeDeadLetters(refuse=1, source=source)  # the first send is not acknowledged
+    pipeline = Pipeline(
+        tolerant(),
+        TYPES,
+        source,
+        FakeBackend(),
+        until_caught_up=True,
+        dead_letters=letters,
+        observer=metrics.connector("c"),
+    )
+    summary = await pipeline.run()
+    assert summary.error is None and summary.dead_lettered == 3
+    counted = {
+        dict(labels)["kind"]: n
+        for (name, labels), n in samples(metrics).items()
+        if name == "data_ingest_dead_letters_total"
+    }
+    assert counted == {"decode": 2, "rule-violation": 1}
+    assert (
+        "data_ingest_dead_letters_total",
+        (("connector", "c"), ("kind", "decode"), ("topic", "m"), ("type", "Measurement")),
+    ) in samples(metrics)
