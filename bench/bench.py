@@ -1448,14 +1448,14 @@ def load_peers(args: argparse.Namespace, notes: list[str]) -> list[Peer]:
 
 
 def revive_if_stuck(
-    mongo: Any, servers: set[int], say: Callable[[str], None], notes: list[str]
+    uri: str, restart: Callable[[], None], say: Callable[[str], None], notes: list[str]
 ) -> None:
     """Restart FerretDB (same port and data) when it does not answer within 10 s,
     so one contender that wedged it does not fail every later MongoDB contender."""
     import pymongo
 
     client: Any = pymongo.MongoClient(
-        mongo.uri, directConnection=True, serverSelectionTimeoutMS=10_000, socketTimeoutMS=10_000
+        uri, directConnection=True, serverSelectionTimeoutMS=10_000, socketTimeoutMS=10_000
     )
     try:
         client.list_database_names()  # a ping alone is answered even when its storage is stuck
@@ -1465,9 +1465,7 @@ def revive_if_stuck(
         notes.append(f"FerretDB stopped answering and was restarted: {reason(exc)}")
     finally:
         client.close()
-    mongo.stop_server("kill")
-    mongo.start_server()
-    servers |= own_children()  # the new FerretDB process is a server, not a stray
+    restart()
 
 
 def selected(name: str, only: set[str]) -> bool:
@@ -1608,7 +1606,7 @@ def run(args: argparse.Namespace) -> Path:
             if not selected(name, only) and name not in {p.name for p in installed}:
                 continue
             if name in mongodb:
-                revive_if_stuck(mongo, servers, say, notes)
+                revive_if_stuck(mongo.uri, restart_mongo, say, notes)
             say(f"running {name} ...")
             try:
                 outcome = contender()
@@ -1651,7 +1649,7 @@ def run(args: argparse.Namespace) -> Path:
                     picks.append((peer.name, peer_latency_starter(services, peer)))
             for name, (start, store) in picks:
                 if name in mongodb:
-                    revive_if_stuck(mongo, servers, say, notes)
+                    revive_if_stuck(mongo.uri, restart_mongo, say, notes)
                 say(f"latency of {name} at {rate:,.0f} records/s ...")
                 try:
                     lat = measure_latency(services, name, start, store, rate, args.latency_s)
@@ -1670,7 +1668,7 @@ def run(args: argparse.Namespace) -> Path:
                     if not selected(name, only):
                         continue
                     if target == "mongodb":
-                        revive_if_stuck(mongo, servers, say, notes)
+                        revive_if_stuck(mongo.uri, restart_mongo, say, notes)
                     say(f"crash run of {name} ...")
                     try:
                         crash = crash_ours(
@@ -1696,7 +1694,7 @@ def run(args: argparse.Namespace) -> Path:
                     )
                     continue
                 if peer.target == "mongodb":
-                    revive_if_stuck(mongo, servers, say, notes)
+                    revive_if_stuck(mongo.uri, restart_mongo, say, notes)
                 after = kill_time(done, args.records, args.crash_records)
                 say(f"crash run of {peer.name} (SIGKILL after {after:.1f} s) ...")
                 crashes.append(crash_peer(services, peer, crash_topics, args.crash_records, after))

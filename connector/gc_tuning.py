@@ -5,7 +5,7 @@ UUID, a staging row) that live only while their batch is in flight and are freed
 reference counting: they form no cycles. CPython's default thresholds (700, 10, 10) still
 run the cyclic collector thousands of times per million records, and each run of the
 oldest generation walks every object the imports created. ``bench/stages.py`` measures
-the cost: with the defaults, the collector takes about a third of the per-record CPU time
+the cost: with the defaults, the collector takes about 40% of the per-record CPU time
 of decode, map, batch, row building and ack. Collecting the youngest generation every
 ``GEN0_THRESHOLD`` allocations instead, with what start-up created frozen out of the
 collector's sight, removes most of it; cyclic garbage is still collected.
