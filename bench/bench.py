@@ -65,7 +65,7 @@ from bench.peers import Peer, RunContext, RunResult  # noqa: E402
 DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
 PARTITIONS = 6
 OURS_PG = "ours-postgres/confluent"
-OURS_PG_2 = "ours-postgres/confluent/2-tasks"  # two processes in one group (tasks.max: 2)
+OURS_PG_2 = "ours-postgres/confluent/2-tasks"  # tasks.max: 2, two processes in one group
 RAW = "raw-client"
 T0_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z, the first record's timestamp
 LATENCY_PRIME = 200  # records stored before the latency clock starts (the contender is up)
@@ -714,14 +714,6 @@ def failure(run: ProcessRun) -> str:
     return f"failed: exit {run.code}: {lines[-1][:300] if lines else 'no output'}"
 
 
-def tasks_child(tasks: int, command: list[str]) -> int:
-    """Run ``command`` as ``tasks`` processes at once (one consumer group, like Kafka
-    Connect's ``tasks.max``) and wait for all; the first non-zero exit code, else 0."""
-    children = [subprocess.Popen(command) for _ in range(tasks)]
-    codes = [child.wait() for child in children]
-    return next((code for code in codes if code), 0)
-
-
 def run_ours(
     services: Services,
     name: str,
@@ -733,13 +725,13 @@ def run_ours(
     tasks: int = 1,
 ) -> Outcome:
     """``data-ingest run --until-caught-up`` (or, target "none", the acking ceiling child);
-    with ``tasks`` > 1, that many processes in one group, each ending when caught up."""
+    ``tasks`` > 1 is the pipeline file's ``tasks.max``: that many task processes in one group,
+    each ending when caught up."""
     config, store = ours_config(services, engine, target, name, topic)
-    path = write_config(services, name, config)
     if tasks > 1:
-        command = [sys.executable, __file__, "--tasks-child", str(tasks), *ours_command(path)]
-        kind = "ours"
-    elif target == "none":
+        config["tasks.max"] = tasks
+    path = write_config(services, name, config)
+    if target == "none":
         command = [sys.executable, __file__, "--ceiling-child", str(path)]
         kind = "ceiling"
     else:
@@ -1789,12 +1781,9 @@ def main() -> int:
     parser.add_argument("--ceiling-child", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--raw-consume-child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--copy-child", nargs=5, help=argparse.SUPPRESS)
-    parser.add_argument("--tasks-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ceiling_child:
         return run_ceiling(args.ceiling_child)
-    if args.tasks_child:
-        return tasks_child(int(args.tasks_child[0]), args.tasks_child[1:])
     if args.raw_consume_child:
         bootstrap, topic, group, count = args.raw_consume_child
         return raw_consume_child(bootstrap, topic, group, int(count))

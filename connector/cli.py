@@ -331,15 +331,15 @@ async def _run(config: PipelineConfig, types: ObjectTypes, args: argparse.Namesp
     )
     if args.command == "dlq":
         pipeline = _replay_pipeline(config, types, args)
-    elif args.rest_listen:
-        from connector.worker_cli import run_with_rest
+    elif args.rest_listen or config.tasks_max > 1:
+        from connector.worker_cli import run_hosted
 
         options = {
             "until_caught_up": args.until_caught_up,
             "assignment_timeout_s": args.assignment_timeout,
         }
         return _summarized(
-            args, await run_with_rest(config, types, args.config, args.rest_listen, options)
+            args, await run_hosted(config, types, args.config, args.rest_listen, options)
         )
     else:
         pipeline = Pipeline(

@@ -4,7 +4,9 @@
   state, or a tombstone once deleted. Every worker reads it from the start and applies each
   record, so every worker runs every connector; a REST change is written there and answered
   once this worker has applied it (read-your-writes).
-* The **status topic** holds, per connector and worker, the state of that worker's task,
+  Restart requests go there too (key ``restart/<name>``), applied by the workers they name
+  if made after the worker started.
+* The **status topic** holds, per connector and worker, the states of that worker's tasks,
   re-published every ``HEARTBEAT_S``. An entry not refreshed within ``STALE_S`` belongs to a
   worker that is gone (e.g. SIGKILLed) and is no longer listed.
 
@@ -39,6 +41,8 @@ POLL_S = 0.2
 LEADER_WAIT_S = 30.0
 # A topic created a moment ago has no partition leader yet: its metadata answers these
 # until the controller has elected one, so reading it is retried for up to LEADER_WAIT_S.
+# Config-topic keys of restart requests; a connector name never contains "/".
+RESTART_PREFIX = "restart/"
 NO_LEADER_YET = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
@@ -75,6 +79,7 @@ class KafkaClusterStore:
         self._progress = asyncio.Condition()
         self._remote: dict[str, dict[str, dict[str, Any]]] = {}  # name → worker → entry
         self._tasks: list[asyncio.Task[None]] = []
+        self._started_ms = time.time() * 1000
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -190,11 +195,26 @@ class KafkaClusterStore:
                 log.exception("cluster %s: record %r not applied", self.cluster_id, key)
 
     async def _apply_config(self, name: str, value: bytes | None) -> None:
+        if name.startswith(RESTART_PREFIX):
+            await self._apply_restart(name.removeprefix(RESTART_PREFIX), value)
+            return
         if value is None:
             await self.worker.apply(name, None)
             return
         data = json.loads(value)
         await self.worker.apply(name, ConnectorRecord(dict(data["config"]), str(data["target"])))
+
+    async def _apply_restart(self, name: str, value: bytes | None) -> None:
+        """This worker's part of a restart request made after it started (the topic keeps
+        the last request per connector; older ones are history, not orders)."""
+        if value is None:
+            return
+        request = json.loads(value)
+        if request["at_ms"] < self._started_ms:
+            return
+        await self.worker.apply_restart(
+            name, request["worker_id"], request["task"], bool(request["only_failed"])
+        )
 
     def _apply_status(self, key: str, value: bytes | None) -> None:
         name, _, worker_id = key.rpartition("/")
@@ -249,10 +269,9 @@ class KafkaClusterStore:
         if self._producer is None:
             return
         entry = {
-            "state": connector.task_state(),
             "connector_state": connector.target,
             "worker_id": self.worker.worker_id,
-            "trace": connector.trace if connector.failed else None,
+            "tasks": connector.task_states(),
         }
         key = f"{connector.name}/{self.worker.worker_id}".encode()
         self._producer.produce(self.status_topic, key=key, value=json.dumps(entry).encode())
@@ -266,15 +285,27 @@ class KafkaClusterStore:
 
     def remote_tasks(self, name: str) -> list[dict[str, Any]]:
         now = time.monotonic()
-        tasks = []
+        tasks: list[dict[str, Any]] = []
         for worker_id, entry in sorted(self._remote.get(name, {}).items()):
             if now - entry["seen"] > STALE_S or entry["connector_state"] == "STOPPED":
                 continue
-            task = {"id": 0, "state": entry["state"], "worker_id": worker_id}
-            if entry.get("trace"):
-                task["trace"] = entry["trace"]
-            tasks.append(task)
+            tasks.extend({**task, "worker_id": worker_id} for task in entry["tasks"])
         return tasks
+
+    async def request_restart(
+        self, name: str, worker_id: str | None, task_id: int | None, only_failed: bool
+    ) -> None:
+        request = {
+            "worker_id": worker_id,
+            "task": task_id,
+            "only_failed": only_failed,
+            "at_ms": time.time() * 1000,
+        }
+        key = f"{RESTART_PREFIX}{name}"
+        offset = await asyncio.to_thread(
+            self._produce, self.config_topic, key, json.dumps(request).encode()
+        )
+        await self._wait_applied(offset)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -655,6 +655,11 @@ class PipelineConfig(_Section):
     """Bounds of a graceful stop."""
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     """Release after sync (DeleteRecords)."""
+    tasks_max: int = Field(default=1, ge=1, alias="tasks.max")
+    """Tasks of this connector on each worker (Kafka Connect's tasks.max): task 0 runs in the
+    worker's process, every further one in a child process, all in the connector's consumer
+    group, so its partitions and the machine's cores are shared. `data-ingest run` is one
+    task and refuses more: host the file in a worker, or start more run processes."""
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> PipelineConfig:

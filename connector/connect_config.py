@@ -3,8 +3,9 @@
 The pipeline file is nested YAML; Connect's REST API carries ``{"key": "value"}`` with
 string values. ``kafka.group_id``, ``routes.0.topic`` and ``backend.type`` are the flat keys
 of the nested ones; the keys below ``kafka.properties.`` and ``schema_registry.properties.``
-are client properties and keep their dots. ``name``, ``connector.class`` and ``tasks.max``
-are Connect's own keys. Secrets are redacted whenever a config leaves the worker.
+are client properties and keep their dots. ``name`` and ``connector.class`` are Connect's
+own keys; ``tasks.max`` is Connect's name and a top-level key of the pipeline file too.
+Secrets are redacted whenever a config leaves the worker.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from connector.metrics import package_version
 
 PLUGIN_CLASS = "io.dataingest.connect.DataIngestSinkConnector"
 PLUGIN_ALIASES = {PLUGIN_CLASS, "DataIngestSinkConnector", "DataIngestSink"}
-CONNECT_KEYS = ("name", "connector.class", "tasks.max")
+CONNECT_KEYS = ("name", "connector.class")
 FREEFORM = ("kafka.properties", "schema_registry.properties")
+WHOLE_KEYS = ("tasks.max",)  # a top-level key of the pipeline file with a dot in its name
 HIDDEN = "[hidden]"
 SECRET_MASK = "**********"  # how pydantic dumps a SecretStr
 
@@ -68,7 +70,7 @@ def unflatten(flat: Mapping[str, str]) -> dict[str, Any]:
     """The nested tree of a flat map; maps whose keys are all indices become lists."""
     tree: dict[str, Any] = {}
     for key, value in flat.items():
-        parts = key.split(".")
+        parts = [key] if key in WHOLE_KEYS else key.split(".")
         for free in FREEFORM:
             if key.startswith(free + "."):
                 parts = [*free.split("."), key[len(free) + 1 :]]

@@ -125,10 +125,24 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def setup_logging(level: str, log_format: LogFormat) -> None:
-    """Send every logger's lines to stderr in ``log_format``, secrets redacted."""
+_SETTINGS: dict[str, Any] = {"level": "INFO", "format": "text"}
+
+
+def logging_settings() -> tuple[str, LogFormat]:
+    """The level and format given to ``setup_logging`` (a child task logs the same way)."""
+    return _SETTINGS["level"], _SETTINGS["format"]
+
+
+def setup_logging(level: str, log_format: LogFormat, task: int | None = None) -> None:
+    """Send every logger's lines to stderr in ``log_format``, secrets redacted; ``task``
+    names the connector task of a task process in every line (``task`` in JSON lines)."""
+    _SETTINGS.update(level=level, format=log_format)
+    text_format = TEXT_FORMAT
+    if task is not None:
+        _CONTEXT["task"] = str(task)
+        text_format = TEXT_FORMAT.replace("%(name)s:", f"%(name)s [task {task}]:")
     handler = logging.StreamHandler(_CurrentStderr())
-    formatter = _JsonFormatter() if log_format == "json" else _TextFormatter(TEXT_FORMAT)
+    formatter = _JsonFormatter() if log_format == "json" else _TextFormatter(text_format)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

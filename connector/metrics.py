@@ -43,6 +43,40 @@ BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _topic = attrgetter("record.topic")
 _type = attrgetter("object_type.name")
 _timestamp = attrgetter("record.timestamp_ms")
+_value = attrgetter("value")
+
+
+def record_tally(
+    objects: Sequence[MappedObject], outcomes: Sequence[Outcome]
+) -> Tally[tuple[str, str, str]]:
+    """Records per (topic, type, outcome), counted in C."""
+    return Tally(
+        zip(map(_topic, objects), map(_type, objects), map(_value, outcomes), strict=False)
+    )
+
+
+def dead_letter_tally(letters: Sequence[DeadLetter]) -> Tally[tuple[str, str, str]]:
+    """Dead letters per (original topic, type or "", error kind)."""
+    return Tally(
+        (letter.record.topic, letter.object_type or "", letter.error.kind.value)
+        for letter in letters
+    )
+
+
+def latency_buckets(
+    stamps_ms: Iterable[int | None], now_ms: float
+) -> tuple[list[int], float] | None:
+    """The end-to-end latency histogram's cumulative bucket counts (the last one +Inf) and
+    sum in seconds for records stamped ``stamps_ms``, at ``now_ms``; None when no record has a
+    timestamp. One ``bisect`` per bucket over the sorted stamps, no call per record."""
+    ordered = sorted(filter(None, stamps_ms))
+    if not ordered:
+        return None
+    n = len(ordered)
+    # latency <= bound  <=>  stamp >= now - bound
+    counts = [n - bisect_left(ordered, now_ms - bound * 1000) for bound in LATENCY_BUCKETS]
+    counts.append(n)
+    return counts, (now_ms * n - sum(ordered)) / 1000
 
 
 def package_version() -> str:
@@ -60,22 +94,25 @@ class _BulkHistogram(Collector):
     timestamps with one ``bisect`` per bucket instead.
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+    def __init__(self, name: str, documentation: str) -> None:
         self._name, self._doc = name, documentation
-        self._bounds = list(buckets)
+        self._bounds = list(LATENCY_BUCKETS)
         self._data: dict[str, tuple[list[int], list[float]]] = {}  # counts per bucket, [sum]
 
-    def observe_timestamps(self, connector: str, stamps_ms: Iterable[int], now_ms: float) -> None:
+    def observe_timestamps(
+        self, connector: str, stamps_ms: Iterable[int | None], now_ms: float
+    ) -> None:
         """Add one observation ``now - stamp`` per timestamp (records without one are left out)."""
-        ordered = sorted(filter(None, stamps_ms))
-        if not ordered:
-            return
-        counts, total = self._data.setdefault(connector, ([0] * (len(self._bounds) + 1), [0.0]))
-        n = len(ordered)
-        for i, bound in enumerate(self._bounds):  # latency <= bound  <=>  stamp >= now - bound
-            counts[i] += n - bisect_left(ordered, now_ms - bound * 1000)
-        counts[-1] += n
-        total[0] += (now_ms * n - sum(ordered)) / 1000
+        added = latency_buckets(stamps_ms, now_ms)
+        if added is not None:
+            self.add(connector, *added)
+
+    def add(self, connector: str, counts: Sequence[int], seconds: float) -> None:
+        """Add cumulative bucket ``counts`` (the last one +Inf) and their sum ``seconds``."""
+        mine, total = self._data.setdefault(connector, ([0] * (len(self._bounds) + 1), [0.0]))
+        for i, n in enumerate(counts):
+            mine[i] += n
+        total[0] += seconds
 
     def remove(self, connector: str) -> None:
         self._data.pop(connector, None)
@@ -124,7 +161,6 @@ class Metrics:
         self.end_to_end = _BulkHistogram(
             f"{PREFIX}_end_to_end_latency_seconds",
             "Record timestamp to backend acknowledgement",
-            LATENCY_BUCKETS,
         )
         r.register(self.end_to_end)
         self.batch_size = Histogram(
@@ -208,23 +244,32 @@ class ConnectorMetrics(PipelineObserver):
     # --- PipelineObserver ---------------------------------------------------------------
 
     def acknowledged(self, objects: Sequence[MappedObject], outcomes: Sequence[Outcome]) -> None:
-        tally = Tally(zip(map(_topic, objects), map(_type, objects), outcomes, strict=False))
-        for (topic, type_name, outcome), n in tally.items():
-            key = (topic, type_name, outcome.value)
+        self.count_records(record_tally(objects, outcomes).items())
+        self.observe_timestamps(map(_timestamp, objects), time.time() * 1000)
+
+    def dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
+        self.count_dead_letters(dead_letter_tally(letters).items())
+
+    # --- the same, from a tally (also what a task in a child process reports) ------------
+
+    def count_records(self, tally: Iterable[tuple[tuple[str, str, str], int]]) -> None:
+        """Add ``n`` records per (topic, type, outcome)."""
+        for key, n in tally:
             child = self._records.get(key)
             if child is None:
                 child = self._records[key] = self._m.records.labels(self.name, *key)
             child.inc(n)
-        self._m.end_to_end.observe_timestamps(
-            self.name, map(_timestamp, objects), time.time() * 1000
-        )
 
-    def dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
-        tally = Tally(
-            (letter.record.topic, letter.object_type or "", letter.error.kind.value)
-            for letter in letters
-        )
-        for labels, n in tally.items():
+    def observe_timestamps(self, stamps_ms: Iterable[int | None], now_ms: float) -> None:
+        self._m.end_to_end.observe_timestamps(self.name, stamps_ms, now_ms)
+
+    def add_latencies(self, counts: Sequence[int], seconds: float) -> None:
+        """Cumulative bucket counts and sum from ``latency_buckets`` (a child task's)."""
+        self._m.end_to_end.add(self.name, counts, seconds)
+
+    def count_dead_letters(self, tally: Iterable[tuple[tuple[str, str, str], int]]) -> None:
+        """Add ``n`` dead letters per (topic, type, error kind)."""
+        for labels, n in tally:
             self._m.dead_letters.labels(self.name, *labels).inc(n)
 
     def batch_written(self, size: int, seconds: float) -> None:

@@ -80,6 +80,18 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
+COUNTS = (
+    "records",
+    "inserted",
+    "duplicates",
+    "conflicts",
+    "rejected",
+    "upserted",
+    "deleted",
+    "dead_lettered",
+)
+
+
 @dataclass(slots=True)
 class RunSummary:
     """Counts of one run, printed by the CLI."""
@@ -99,6 +111,20 @@ class RunSummary:
     @property
     def rate(self) -> float:
         return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @classmethod
+    def combined(cls, summaries: list[RunSummary]) -> RunSummary:
+        """The summary of tasks that ran side by side: counts added, the longest elapsed
+        time, the first start-up, the first error."""
+        total = cls()
+        for s in summaries:
+            for name in COUNTS:
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+        total.elapsed_s = max((s.elapsed_s for s in summaries), default=0.0)
+        startups = [s.startup_s for s in summaries if s.startup_s is not None]
+        total.startup_s = min(startups) if startups else None
+        total.error = next((s.error for s in summaries if s.error is not None), None)
+        return total
 
     def as_dict(self) -> dict[str, object]:
         """The summary as one JSON object (``--log-format json``)."""

@@ -212,12 +212,11 @@ class RestApi:
             return web.json_response(names)
         out: dict[str, dict[str, Any]] = {}
         for name in names:
-            connector = self.worker.connectors[name]
             entry: dict[str, Any] = {}
             if "status" in expand:
                 entry["status"] = self.worker.status(name)
             if "info" in expand:
-                entry["info"] = connector.info()
+                entry["info"] = self.worker.info(name)
             out[name] = entry
         return web.json_response(out)
 
@@ -243,11 +242,13 @@ class RestApi:
             raise ApiError(400, "initial_state: expected RUNNING, PAUSED or STOPPED")
         connector = await self.worker.create(name, _invalid_as_400(config), target)
         return web.json_response(
-            connector.info(), status=201, headers={"Location": f"/connectors/{name}"}
+            self.worker.info(connector.name),
+            status=201,
+            headers={"Location": f"/connectors/{name}"},
         )
 
     async def get_connector(self, request: web.Request) -> web.Response:
-        return web.json_response(self._connector(request).info())
+        return web.json_response(self.worker.info(self._connector(request).name))
 
     async def get_config(self, request: web.Request) -> web.Response:
         return web.json_response(self._connector(request).shown_config())
@@ -257,10 +258,10 @@ class RestApi:
         body = await _json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object of connector settings")
-        connector, created = await self.worker.put_config(name, _invalid_as_400(body))
+        _, created = await self.worker.put_config(name, _invalid_as_400(body))
         status = 201 if created else 200
         headers = {"Location": f"/connectors/{name}"} if created else None
-        return web.json_response(connector.info(), status=status, headers=headers)
+        return web.json_response(self.worker.info(name), status=status, headers=headers)
 
     async def patch_config(self, request: web.Request) -> web.Response:
         """KIP-477: merge the given keys into the config; a null value removes its key."""
@@ -275,7 +276,7 @@ class RestApi:
         for key in (k for k, v in patch.items() if v is None):
             merged.pop(key, None)
         updated, _ = await self.worker.put_config(connector.name, merged)
-        return web.json_response(updated.info())
+        return web.json_response(self.worker.info(updated.name))
 
     async def delete(self, request: web.Request) -> web.Response:
         await self.worker.delete(request.match_info["name"])
@@ -299,33 +300,34 @@ class RestApi:
     async def restart(self, request: web.Request) -> web.Response:
         connector = self._connector(request)
         include_tasks, only_failed = _flag(request, "includeTasks"), _flag(request, "onlyFailed")
+        await self.worker.restart(connector.name, only_failed=only_failed)
         if not include_tasks and not only_failed:
-            await connector.restart()
             return web.Response(status=204)
-        await connector.restart(only_failed=only_failed)
         return web.json_response(self.worker.status(connector.name), status=202)
 
-    def _task(self, request: web.Request) -> HostedConnector:
+    def _cluster_task(self, request: web.Request) -> dict[str, Any]:
         connector = self._connector(request)
-        task = request.match_info["task"]
-        if task != "0" or connector.target == "STOPPED":
-            raise ApiError(404, f"Task {connector.name}-{task} not found")
-        return connector
+        return self.worker.cluster_task(connector.name, request.match_info["task"])
 
     async def tasks(self, request: web.Request) -> web.Response:
         connector = self._connector(request)
-        if connector.target == "STOPPED":
-            return web.json_response([])
+        config = connector.shown_config()
         return web.json_response(
-            [{"id": {"connector": connector.name, "task": 0}, "config": connector.shown_config()}]
+            [
+                {"id": {"connector": connector.name, "task": t["id"]}, "config": config}
+                for t in self.worker.cluster_tasks(connector.name)
+            ]
         )
 
     async def task_status(self, request: web.Request) -> web.Response:
-        status = self._task(request).status()
-        return web.json_response(status["tasks"][0])
+        task = self._cluster_task(request)
+        return web.json_response({k: v for k, v in task.items() if k != "local_id"})
 
     async def restart_task(self, request: web.Request) -> web.Response:
-        await self._task(request).restart()
+        connector = self._connector(request)
+        await self.worker.restart(
+            connector.name, only_failed=False, task_id=request.match_info["task"]
+        )
         return web.Response(status=204)
 
     async def topics(self, request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""The worker: hosts named connectors (one pipeline task each) and controls them.
+"""The worker: hosts named connectors (``tasks.max`` pipeline tasks each) and controls them.
 
 A connector comes from a pipeline file of the connectors directory (its name is the file
 stem) or from the REST API. Each has a target state (RUNNING, PAUSED, STOPPED) as in Kafka
@@ -39,8 +39,10 @@ from connector.errors import ConfigError, ConnectorError
 from connector.mapping import checked_types
 from connector.metrics import ConnectorMetrics, Metrics
 from connector.pipeline import Pipeline, RunSummary
+from connector.records import TopicPartition
 from connector.schemas import ObjectTypes
 from connector.sources import create_source
+from connector.task_process import TaskProcess
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,14 @@ class ClusterStore(Protocol):
         """This worker no longer runs ``name``."""
 
     def remote_tasks(self, name: str) -> list[dict[str, Any]]:
-        """The live tasks of ``name`` on the other workers (Connect's TaskState)."""
+        """The live tasks of ``name`` on the other workers (Connect's TaskState, ``id`` the
+        task's id on its worker)."""
+
+    async def request_restart(
+        self, name: str, worker_id: str | None, task_id: int | None, only_failed: bool
+    ) -> None:
+        """Ask the worker ``worker_id`` (None: every worker) to restart its task ``task_id``
+        (None: all its tasks of ``name``); return once this worker applied its part."""
 
 
 class ApiError(Exception):
@@ -86,8 +95,90 @@ def not_found(name: str) -> ApiError:
     return ApiError(404, f"Connector {name} not found")
 
 
+class LocalTask:
+    """Task 0 of a connector: its pipeline on the worker's own event loop."""
+
+    id = 0
+
+    def __init__(self, connector: HostedConnector, on_end: Callable[[LocalTask], None]) -> None:
+        self._connector = connector
+        self._on_end = on_end
+        self.pipeline: Pipeline | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.summary: RunSummary | None = None
+        self.failed = False
+        self.trace: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def started(self) -> bool:
+        return self.pipeline is not None and self.pipeline.started
+
+    @property
+    def paused_partitions(self) -> int:
+        return self.pipeline.paused_partitions if self.pipeline is not None else 0
+
+    def start(self, held: bool) -> None:
+        c = self._connector
+        self.summary, self.failed, self.trace = None, False, None
+        self.pipeline = Pipeline(
+            c.config,
+            c.types,
+            create_source(c.config.kafka),
+            create_backend(c.config.backend, c.types),
+            until_caught_up=c.until_caught_up,
+            assignment_timeout_s=c.assignment_timeout_s,
+            observer=c.metrics,
+        )
+        self.pipeline.hold(held)
+        self._task = asyncio.create_task(self._run(self.pipeline), name=f"connector {c.name}")
+
+    async def _run(self, pipeline: Pipeline) -> None:
+        try:
+            summary = await pipeline.run()
+        except Exception as exc:
+            log.exception("connector %s: the task failed", self._connector.name)
+            summary = RunSummary(error=f"{type(exc).__name__}: {exc}")
+            self.trace = traceback.format_exc()
+        self.summary = summary
+        if summary.error is not None:
+            self.failed = True
+            self.trace = self.trace or summary.error
+        self._task = None  # not running from here on, though this coroutine still returns
+        self._on_end(self)
+
+    def hold(self, held: bool) -> None:
+        if self.pipeline is not None:
+            self.pipeline.hold(held)
+
+    def request_stop(self, abandon: bool) -> None:
+        if self.pipeline is not None:
+            self.pipeline.request_stop(abandon=abandon)
+
+    async def lag(self) -> dict[TopicPartition, int]:
+        return await self.pipeline.lag() if self.pipeline is not None else {}
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop the pipeline (commit, leave the group) and wait for it, bounded."""
+        task, pipeline = self._task, self.pipeline
+        if task is None or pipeline is None or task.done():
+            return
+        pipeline.request_stop()
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            pipeline.request_stop(abandon=True)
+            await asyncio.wait({task}, timeout=STOP_MARGIN_S)
+
+
+Task = LocalTask | TaskProcess
+
+
 class HostedConnector:
-    """One connector on this worker: its config, target state and pipeline task."""
+    """One connector on this worker: its config, target state and ``tasks.max`` tasks
+    (task 0 in this process, the others in child processes; see ``task_process``)."""
 
     def __init__(
         self,
@@ -98,6 +189,7 @@ class HostedConnector:
         *,
         worker_id: str,
         metrics: ConnectorMetrics,
+        base_dir: Path,
         target: str = "RUNNING",
         until_caught_up: bool = False,
         assignment_timeout_s: float = 60.0,
@@ -111,51 +203,84 @@ class HostedConnector:
         self.target = target
         self.until_caught_up = until_caught_up
         self.assignment_timeout_s = assignment_timeout_s
-        self.pipeline: Pipeline | None = None
-        self.task: asyncio.Task[RunSummary] | None = None
-        self.summary: RunSummary | None = None
-        self.trace: str | None = None
-        self.failed = False
+        settings = {
+            "name": name,
+            "flat": flat,
+            "base_dir": str(base_dir),
+            "until_caught_up": until_caught_up,
+            "assignment_timeout_s": assignment_timeout_s,
+        }
+        self.local = LocalTask(self, self._task_ended)
+        self.tasks: list[Task] = [
+            self.local,
+            *(
+                TaskProcess(i, settings, metrics, self._task_ended)
+                for i in range(1, config.tasks_max)
+            ),
+        ]
         self._lag_task: asyncio.Task[None] | None = None
-        self._restarting = False
+        self._restarting: set[int] = set()
         self.on_state: Callable[[HostedConnector], None] | None = None
-        self.ended = asyncio.Event()  # the task ended, and no restart follows
-        metrics.watch_paused(lambda: self.pipeline.paused_partitions if self.pipeline else 0)
+        self.ended = asyncio.Event()  # every task ended, and no restart follows
+        metrics.watch_paused(lambda: sum(t.paused_partitions for t in self.tasks))
 
     # --- state ---------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return any(t.running for t in self.tasks)
 
-    def task_state(self) -> str:
-        if self.failed:
+    @property
+    def failed(self) -> bool:
+        return any(t.failed for t in self.tasks)
+
+    @property
+    def summary(self) -> RunSummary | None:
+        """Task 0's summary (``data-ingest run --rest-listen`` has that one task)."""
+        return self.local.summary
+
+    def task(self, task_id: int) -> Task:
+        if self.target == "STOPPED" or not 0 <= task_id < len(self.tasks):
+            raise ApiError(404, f"Task {self.name}-{task_id} not found")
+        return self.tasks[task_id]
+
+    def task_state(self, task: Task) -> str:
+        if task.failed:
             return "FAILED"
-        if not self.running:
+        if not task.running:
             return "UNASSIGNED"
         return "PAUSED" if self.target == "PAUSED" else "RUNNING"
 
     def connector_state(self) -> str:
         return self.target
 
+    def task_states(self) -> list[dict[str, Any]]:
+        """Connect's TaskState of each task on this worker (none while STOPPED)."""
+        if self.target == "STOPPED":
+            return []
+        states = []
+        for task in self.tasks:
+            state: dict[str, Any] = {
+                "id": task.id,
+                "state": self.task_state(task),
+                "worker_id": self.worker_id,
+            }
+            if task.failed and task.trace:
+                state["trace"] = task.trace
+            states.append(state)
+        return states
+
     def status(self) -> dict[str, Any]:
         """Connect's ConnectorStateInfo."""
         connector: dict[str, Any] = {"state": self.connector_state(), "worker_id": self.worker_id}
-        tasks: list[dict[str, Any]] = []
-        if self.target != "STOPPED":
-            task: dict[str, Any] = {
-                "id": 0,
-                "state": self.task_state(),
-                "worker_id": self.worker_id,
-            }
-            if self.failed and self.trace:
-                task["trace"] = self.trace
-            tasks.append(task)
+        tasks = self.task_states()
         return {"name": self.name, "connector": connector, "tasks": tasks, "type": "sink"}
 
-    def info(self) -> dict[str, Any]:
+    def info(self, task_ids: list[int] | None = None) -> dict[str, Any]:
         """Connect's ConnectorInfo (the config redacted)."""
-        tasks = [] if self.target == "STOPPED" else [{"connector": self.name, "task": 0}]
+        ids = [] if self.target == "STOPPED" else [t.id for t in self.tasks]
+        ids = ids if task_ids is None else task_ids
+        tasks = [{"connector": self.name, "task": i} for i in ids]
         return {"name": self.name, "config": self.shown_config(), "tasks": tasks, "type": "sink"}
 
     def shown_config(self) -> dict[str, str]:
@@ -165,7 +290,7 @@ class HostedConnector:
         return sorted({r.topic for r in self.config.routes if r.topic is not None})
 
     def _publish_state(self) -> None:
-        tasks = {} if self.target == "STOPPED" else {0: self.task_state()}
+        tasks = {t.id: self.task_state(t) for t in self.tasks} if self.target != "STOPPED" else {}
         self.metrics.set_state(self.connector_state(), tasks)
         if self.on_state is not None:
             self.on_state(self)
@@ -173,83 +298,62 @@ class HostedConnector:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the pipeline task unless the target state is STOPPED."""
-        if self.target == "STOPPED" or self.running:
-            self._publish_state()
-            return
-        self.failed, self.trace = False, None
-        self.ended.clear()
-        self.pipeline = Pipeline(
-            self.config,
-            self.types,
-            create_source(self.config.kafka),
-            create_backend(self.config.backend, self.types),
-            until_caught_up=self.until_caught_up,
-            assignment_timeout_s=self.assignment_timeout_s,
-            observer=self.metrics,
-        )
-        self.pipeline.hold(self.target == "PAUSED")
-        self.task = asyncio.create_task(self._run(self.pipeline), name=f"connector {self.name}")
-        self._lag_task = asyncio.create_task(self._sample_lag(), name=f"lag {self.name}")
+        """Start every task that is not running, unless the target state is STOPPED."""
+        if self.target != "STOPPED":
+            for task in self.tasks:
+                self._start(task)
         self._publish_state()
 
-    async def _run(self, pipeline: Pipeline) -> RunSummary:
-        try:
-            summary = await pipeline.run()
-        except Exception as exc:
-            log.exception("connector %s: the task failed", self.name)
-            summary = RunSummary(error=f"{type(exc).__name__}: {exc}")
-            self.trace = traceback.format_exc()
-        self.summary = summary
-        if summary.error is not None:
-            self.failed = True
-            self.trace = self.trace or summary.error
-        if self._lag_task is not None:
+    def _start(self, task: Task) -> None:
+        if task.running:
+            return
+        self.ended.clear()
+        task.start(self.target == "PAUSED")
+        if self._lag_task is None or self._lag_task.done():
+            self._lag_task = asyncio.create_task(self._sample_lag(), name=f"lag {self.name}")
+
+    def _task_ended(self, task: Task) -> None:
+        if not self.running and self._lag_task is not None:
             self._lag_task.cancel()
-        self.metrics.set_lag({})
+            self.metrics.set_lag({})
         self._publish_state()
-        if not self._restarting:
+        if not self.running and not self._restarting:
             self.ended.set()
-        return summary
 
     async def _sample_lag(self) -> None:
         while True:
             await asyncio.sleep(LAG_INTERVAL_S)
-            pipeline = self.pipeline
-            if pipeline is None:
-                continue
+            lag: dict[TopicPartition, int] = {}
             try:
-                self.metrics.set_lag(await pipeline.lag())
+                for task in self.tasks:
+                    lag.update(await task.lag())
             except Exception as exc:  # the broker is away: keep the last values
                 log.debug("connector %s: lag not sampled: %s", self.name, exc)
+                continue
+            self.metrics.set_lag(lag)
 
-    async def stop_task(self) -> None:
-        """Stop the pipeline (commit, leave the group) and wait for it, bounded."""
-        task, pipeline = self.task, self.pipeline
-        if task is None or pipeline is None:
-            return
-        if not task.done():
-            pipeline.request_stop()
-            bound = self.config.shutdown.timeout_ms / 1000 + STOP_MARGIN_S
-            done, _ = await asyncio.wait({task}, timeout=bound)
-            if not done:
-                pipeline.request_stop(abandon=True)
-                await asyncio.wait({task}, timeout=STOP_MARGIN_S)
+    def _stop_bound_s(self) -> float:
+        return self.config.shutdown.timeout_ms / 1000 + STOP_MARGIN_S
+
+    async def stop_task(self, tasks: list[Task] | None = None) -> None:
+        """Stop ``tasks`` (default: all): commit, leave the group; bounded."""
+        bound = self._stop_bound_s()
+        await asyncio.gather(*(t.stop(bound) for t in tasks or self.tasks))
         self._publish_state()
 
     def pause(self) -> None:
         self.target = "PAUSED"
-        if self.pipeline is not None and self.running:
-            self.pipeline.hold(True)
+        for task in self.tasks:
+            if task.running:
+                task.hold(True)
         self._publish_state()
 
     async def resume(self) -> None:
         self.target = "RUNNING"
-        if self.running and self.pipeline is not None:
-            self.pipeline.hold(False)
-            self._publish_state()
-        else:
-            self.start()
+        for task in self.tasks:
+            if task.running:
+                task.hold(False)
+        self.start()
 
     async def stop(self) -> None:
         self.target = "STOPPED"
@@ -263,15 +367,20 @@ class HostedConnector:
         else:
             await self.resume()
 
-    async def restart(self, only_failed: bool = False) -> None:
-        if only_failed and not self.failed:
+    async def restart(self, only_failed: bool = False, tasks: list[Task] | None = None) -> None:
+        """Restart ``tasks`` (default: all), or only those that FAILED."""
+        chosen = [t for t in tasks or self.tasks if t.failed or not only_failed]
+        if not chosen:
             return
-        self._restarting = True
+        self._restarting.update(t.id for t in chosen)
         try:
-            await self.stop_task()
+            await self.stop_task(chosen)
         finally:
-            self._restarting = False
-        self.start()
+            self._restarting.difference_update(t.id for t in chosen)
+        if self.target != "STOPPED":
+            for task in chosen:
+                self._start(task)
+        self._publish_state()
 
     async def probe_backend(self) -> str | None:
         """None when the backend answers a read-only check; otherwise why not."""
@@ -284,6 +393,19 @@ class HostedConnector:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(backend.close(), PROBE_TIMEOUT_S)
         return None
+
+    def not_ready(self) -> list[str]:
+        """Why this connector's tasks are not ready (empty when they all are)."""
+        reasons = []
+        for task in self.tasks if self.target != "STOPPED" else []:
+            who = f"connector {self.name} task {task.id}"
+            if task.failed:
+                reasons.append(f"{who}: FAILED: {task.trace}")
+            elif not task.running:
+                reasons.append(f"{who}: not running")
+            elif not task.started:
+                reasons.append(f"{who}: starting (backend not open yet)")
+        return reasons
 
 
 class Worker:
@@ -349,9 +471,11 @@ class Worker:
         types: ObjectTypes,
         *,
         target: str = "RUNNING",
+        base_dir: Path | None = None,
         **options: Any,
     ) -> HostedConnector:
-        """A connector of this worker, not yet started."""
+        """A connector of this worker, not yet started; relative paths of ``flat`` are below
+        ``base_dir`` (default: the worker file's folder)."""
         if self.secret_filter is not None:
             self.secret_filter.secrets |= secrets_of(config)
         connector = HostedConnector(
@@ -361,6 +485,7 @@ class Worker:
             types,
             worker_id=self.worker_id,
             metrics=self.metrics.connector(name),
+            base_dir=base_dir or self.base_dir,
             target=target,
             **options,
         )
@@ -439,18 +564,62 @@ class Worker:
         else:
             await self._publish(name, ConnectorRecord(connector.flat, target))
 
+    def cluster_tasks(self, name: str) -> list[dict[str, Any]]:
+        """Connect's TaskState of every task of ``name`` in the cluster, by worker id and then
+        the worker's own task id; ``id`` is the index in that order (stable while the same
+        workers run it) and ``local_id`` the task's id on its worker."""
+        tasks = self.get(name).task_states()
+        if self.store is not None:
+            tasks += self.store.remote_tasks(name)
+        tasks.sort(key=lambda t: (str(t["worker_id"]), int(t["id"])))
+        return [{**t, "id": i, "local_id": t["id"]} for i, t in enumerate(tasks)]
+
     def status(self, name: str) -> dict[str, Any]:
         """Connect's ConnectorStateInfo, with the tasks of every worker of the cluster."""
-        connector = self.get(name)
-        status = connector.status()
-        if self.store is None:
-            return status
-        tasks = [*status["tasks"], *self.store.remote_tasks(name)]
-        tasks.sort(key=lambda t: str(t["worker_id"]))
-        for i, task in enumerate(tasks):
-            task["id"] = i
-        status["tasks"] = tasks
+        status = self.get(name).status()
+        status["tasks"] = [
+            {k: v for k, v in t.items() if k != "local_id"} for t in self.cluster_tasks(name)
+        ]
         return status
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Connect's ConnectorInfo, with the task ids of the whole cluster."""
+        return self.get(name).info([t["id"] for t in self.cluster_tasks(name)])
+
+    def cluster_task(self, name: str, task_id: str) -> dict[str, Any]:
+        """The task ``task_id`` (a cluster-wide id, as in ``status``); ApiError 404 if none."""
+        tasks = self.cluster_tasks(name)
+        if not task_id.isdigit() or int(task_id) >= len(tasks):
+            raise ApiError(404, f"Task {name}-{task_id} not found")
+        return tasks[int(task_id)]
+
+    async def restart(self, name: str, *, only_failed: bool, task_id: str | None = None) -> None:
+        """Restart the tasks of ``name`` on every worker (or the one task ``task_id``) — the
+        other workers are asked through the cluster's config topic."""
+        connector = self.get(name)
+        if task_id is None:
+            if self.store is not None:
+                await self.store.request_restart(name, None, None, only_failed)
+            else:
+                await connector.restart(only_failed=only_failed)
+            return
+        task = self.cluster_task(name, task_id)
+        if task["worker_id"] == self.worker_id:
+            await connector.restart(tasks=[connector.task(task["local_id"])])
+        elif self.store is not None:
+            await self.store.request_restart(name, task["worker_id"], task["local_id"], False)
+
+    async def apply_restart(
+        self, name: str, worker_id: str | None, task_id: int | None, only_failed: bool
+    ) -> None:
+        """A restart requested through the cluster: this worker's part of it."""
+        connector = self.connectors.get(name)
+        if connector is None or worker_id not in (None, self.worker_id):
+            return
+        if task_id is None:
+            await connector.restart(only_failed=only_failed)
+        elif 0 <= task_id < len(connector.tasks):
+            await connector.restart(tasks=[connector.tasks[task_id]])
 
     def load_directory(self, directory: Path) -> list[str]:
         """Host every ``*.yaml``/``*.yml`` pipeline file of ``directory``; the problems found."""
@@ -464,7 +633,7 @@ class Worker:
             except (ConfigError, yaml.YAMLError, OSError) as exc:
                 problems.append(f"{path}: {exc}")
                 continue
-            self.add(self.host(name, flat, config, types))
+            self.add(self.host(name, flat, config, types, base_dir=path.parent))
         return problems
 
     async def close(self) -> None:
@@ -472,14 +641,7 @@ class Worker:
 
     async def readiness(self) -> list[str]:
         """Why this worker is not ready (empty when it is)."""
-        reasons = []
-        for connector in self.connectors.values():
-            if connector.failed:
-                reasons.append(f"connector {connector.name}: task FAILED: {connector.trace}")
-            elif connector.target != "STOPPED" and not connector.running:
-                reasons.append(f"connector {connector.name}: task not running")
-            elif connector.pipeline is not None and not connector.pipeline.started:
-                reasons.append(f"connector {connector.name}: task starting (backend not open yet)")
+        reasons = [r for c in self.connectors.values() for r in c.not_ready()]
         probes = await asyncio.gather(
             *(c.probe_backend() for c in self.connectors.values() if c.target != "STOPPED")
         )

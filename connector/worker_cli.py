@@ -187,33 +187,46 @@ async def serve_worker(path: Path) -> int:
     return 0
 
 
-async def run_with_rest(
+async def run_hosted(
     config: PipelineConfig,
     types: ObjectTypes,
     config_path: str,
-    listen: str,
+    listen: str | None,
     options: dict[str, Any],
 ) -> RunSummary:
-    """``data-ingest run`` with the REST API: one connector, named after its file."""
-    host, port = parse_listen(listen)
+    """``data-ingest run`` of one connector (named after its file) hosted as a worker hosts
+    it: with the REST API when ``listen`` is given, and with ``tasks.max`` tasks. Returns
+    once every task ended; the summary adds up those of the tasks."""
     hide = secret_filter()
     token = os.environ.get(TOKEN_ENV) or None
     if token:
         hide.secrets.add(token)
-    worker = Worker(f"{host}:{port}", Metrics(), base_dir=Path(config_path).parent, single=True)
+    host, port = parse_listen(listen) if listen else (socket.gethostname(), None)
+    worker = Worker(
+        f"{host}:{port}" if port else host,
+        Metrics(),
+        base_dir=Path(config_path).parent,
+        single=True,
+    )
     worker.secret_filter = hide
     flat = flatten(config.model_dump(mode="json", by_alias=True, exclude_none=True))
-    runner = await start_server(worker, RestSettings(host=host, port=port, token=token))
+    runner = None
+    if port is not None:
+        runner = await start_server(worker, RestSettings(host=host, port=port, token=token))
     connector = worker.host(Path(config_path).stem, flat, config, types, **options)
     worker.add(connector)
 
     def stop(abandon: bool) -> None:
-        if connector.pipeline is not None:
-            connector.pipeline.request_stop(abandon=abandon)
+        for task in connector.tasks:
+            task.request_stop(abandon)
 
     _on_signals(stop)
     try:
         await connector.ended.wait()
     finally:
-        await runner.cleanup()
-    return connector.summary or RunSummary(error="the connector was stopped before it ran")
+        if runner is not None:
+            await runner.cleanup()
+    summaries = [t.summary for t in connector.tasks]
+    if any(s is None for s in summaries):
+        return RunSummary(error="the connector was stopped before it ran")
+    return RunSummary.combined([s for s in summaries if s is not None])

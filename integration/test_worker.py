@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 from kafka_connect import KafkaConnect
 from requests.exceptions import HTTPError
 
@@ -28,6 +29,7 @@ from integration.backends import PostgresUnderTest
 from integration.kafka_broker import create_topic
 from integration.processes import LOOPBACK, free_port
 from integration.support import (
+    COORDINATOR_MOVING,
     DATA_INGEST,
     committed_offsets,
     measurement,
@@ -513,3 +515,160 @@ def test_https_and_a_token_for_every_call(tmp_path: Path) -> None:
         os.killpg(process.pid, signal.SIGTERM)
         assert process.wait(30) == 0
     assert token not in log.read_text()
+
+
+def group_members(bootstrap: str, group: str) -> list[set[int]]:
+    """The partitions of each member of ``group``, as the broker describes it (members with
+    no partition left out; none while the coordinator is loading or moving)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    except KafkaException as exc:  # e.g. the coordinator is still loading the group
+        error = exc.args[0]
+        if error.retriable() or error.code() in COORDINATOR_MOVING:
+            return []
+        raise
+    members = ({tp.partition for tp in m.assignment.topic_partitions} for m in description.members)
+    return sorted((m for m in members if m), key=sorted)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_tasks_max_spreads_a_connector_over_processes_and_survives_a_task_sigkill(
+    kafka_bootstrap: str, postgres_server: Any, tmp_path: Path
+) -> None:
+    """tasks.max 2: two members of the connector's group (the worker and one child process),
+    counted together in /metrics; a SIGKILLed task is FAILED, its partitions move to the
+    other task, and a task restart over REST brings it back with nothing lost."""
+    topic = unique("tasks")
+    create_topic(kafka_bootstrap, topic, 4)
+    produce_range(kafka_bootstrap, topic, 0, 250, partitions=4)
+    backend = PostgresUnderTest(postgres_server)
+    tree = pipeline(tmp_path, kafka_bootstrap, topic, backend.section())
+    group = tree["kafka"]["group_id"]
+    worker = start_worker(tmp_path)
+    client = KafkaConnect(url=worker.url)
+    try:
+        created = client.create_connector(
+            {"name": "two", "config": {**flatten(tree), "tasks.max": "2"}}
+        )
+        assert created["tasks"] == [{"connector": "two", "task": i} for i in range(2)]
+        worker.wait_until(
+            lambda: [len(m) for m in group_members(kafka_bootstrap, group)] == [2, 2],
+            60,
+            "two members with two partitions each",
+        )
+        children = child_pids(worker.process.pid)
+        assert len(children) == 1, children
+        worker.wait_until(
+            lambda: worker.metric_sum(RECORDS, connector="two", outcome="inserted") == 1000,
+            120,
+            "1000 inserted, counted over both tasks",
+        )
+        worker.wait_until(lambda: lags(worker, "two") == dict.fromkeys("0123", 0), 30, "lag 0")
+        got = worker.metrics()
+        two = (("connector", "two"),)
+        assert got[("data_ingest_end_to_end_latency_seconds_count", two)] == 1000
+        assert got[("data_ingest_batch_size_records_sum", two)] == 1000
+
+        # Pausing holds the partitions of both tasks.
+        client.pause_connector("two")
+        worker.wait_until(
+            lambda: worker.metric_sum("data_ingest_paused_partitions", connector="two") == 4,
+            30,
+            "4 partitions paused over both tasks",
+        )
+        client.resume_connector("two")
+        worker.wait_until(
+            lambda: worker.metric_sum("data_ingest_paused_partitions", connector="two") == 0,
+            30,
+            "resumed",
+        )
+
+        os.kill(children[0], signal.SIGKILL)
+        worker.wait_until(
+            lambda: (
+                [t["state"] for t in client.get_connector_status("two")["tasks"]]
+                == ["RUNNING", "FAILED"]
+            ),
+            30,
+            "task 1 FAILED",
+        )
+        trace = client.get_connector_status("two")["tasks"][1]["trace"]
+        assert "exited with code -9" in trace, trace
+        produce_range(kafka_bootstrap, topic, 250, 500, partitions=4)
+        worker.wait_until(
+            lambda: group_members(kafka_bootstrap, group) == [{0, 1, 2, 3}],
+            60,
+            "task 0 owns every partition",
+        )
+        status, _ = worker.request("POST", "/connectors/two/tasks/1/restart")
+        assert status == 204
+        worker.wait_until(
+            lambda: (
+                [t["state"] for t in client.get_connector_status("two")["tasks"]]
+                == ["RUNNING", "RUNNING"]
+            ),
+            30,
+            "task 1 back",
+        )
+        replacement = child_pids(worker.process.pid)
+        assert len(replacement) == 1 and replacement != children
+        worker.wait_until(
+            lambda: len(group_members(kafka_bootstrap, group)) == 2, 60, "two members again"
+        )
+        worker.wait_until(
+            lambda: (
+                sorted(committed_offsets(kafka_bootstrap, group, topic, 4).values()) == [500] * 4
+            ),
+            120,
+            "every record committed",
+        )
+        ids = backend.ids("Measurement")
+        assert len(ids) == len(set(ids)) == 2000
+        assert worker.metric_sum(RECORDS, connector="two", outcome="conflict") == 0
+    finally:
+        code, _ = worker.stop()
+    assert code == 0, worker.tail()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in child_pids(worker.process.pid))
+
+
+def test_run_with_tasks_max_runs_the_tasks_side_by_side_to_the_end(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``data-ingest run --until-caught-up`` of a file with tasks.max 3: three members of
+    the group, one summary adding up their counts, every record stored once."""
+    topic = unique("run-tasks")
+    create_topic(kafka_bootstrap, topic, 6)
+    produce_range(kafka_bootstrap, topic, 0, 500, partitions=6)
+    db = tmp_path / "tasks.db"
+    tree = pipeline(tmp_path, kafka_bootstrap, topic, {"type": "sqlite", "path": str(db)})
+    config = tmp_path / "three.yaml"
+    config.write_text(yaml.safe_dump({**tree, "tasks.max": 3}))
+    result = subprocess.run(
+        [DATA_INGEST, "run", "-c", str(config), "--until-caught-up"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(result.stdout)
+    assert int(summary["records"]) == int(summary["ingested"]) == 3000
+    ids = [row[0] for row in sqlite_rows(db, "Measurement")]
+    assert len(ids) == len(set(ids)) == 3000
+    group = tree["kafka"]["group_id"]
+    assert committed_offsets(kafka_bootstrap, group, topic, 6) == dict.fromkeys(range(6), 500)
+    for task in (1, 2):  # the child tasks log as themselves, and were assigned partitions
+        assert f"[task {task}]: assigned: {topic}[" in result.stderr, result.stderr[-3000:]

@@ -28,8 +28,11 @@ def measurement(partition: int, i: int) -> bytes:
 class FakeSource(Source):
     """Serves pre-loaded records of a few partitions, records commits and pauses."""
 
-    def __init__(self, records: dict[TopicPartition, list[bytes | None]]) -> None:
+    def __init__(
+        self, records: dict[TopicPartition, list[bytes | None]], timestamp_ms: int | None = None
+    ) -> None:
         self.logs = records
+        self.timestamp_ms = timestamp_ms  # of every record
         self.positions = {tp: 0 for tp in records}
         self.commits: list[dict[TopicPartition, int]] = []
         self.paused: set[TopicPartition] = set()
@@ -53,7 +56,9 @@ class FakeSource(Source):
                 if epoch is None:
                     break
                 out.append(
-                    SourceRecord(tp.topic, tp.partition, offset, None, log[offset], None, epoch)
+                    SourceRecord(
+                        tp.topic, tp.partition, offset, None, log[offset], self.timestamp_ms, epoch
+                    )
                 )
                 self.positions[tp] += 1
         if not out:

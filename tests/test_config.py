@@ -110,7 +110,7 @@ def test_unknown_key_inside_backend(tmp_path: Path) -> None:
 def test_unknown_top_level_section(tmp_path: Path) -> None:
     assert errors_of(tmp_path, GOOD + "extra: 1\n", {"DB_PATH": "a"}) == [
         "extra: unknown key; allowed keys here: kafka, schemas, schema_registry, routes, "
-        "backend, errors, batching, commit, retry, shutdown, release"
+        "backend, errors, batching, commit, retry, shutdown, release, tasks.max"
     ]
 
 

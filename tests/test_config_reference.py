@@ -54,7 +54,7 @@ def test_every_key_has_a_description() -> None:
 def test_every_key_is_in_the_reference() -> None:
     reference = render_markdown()
     for name, _ in _properties(pipeline_schema()):
-        key = name.rsplit(".", 1)[-1]
+        key = name.split(".", 1)[1]
         assert f"| `{key}` |" in reference, name
 
 

@@ -107,7 +107,7 @@ def test_bulk_histogram_equals_one_observation_per_record() -> None:
         int(now_ms - rng.choice([0, 1, 4, 9, 10, 11, 250, 2_500, 70_000, 10**6]))
         for _ in range(500)
     ]
-    bulk = _BulkHistogram("lat_seconds", "doc", LATENCY_BUCKETS)
+    bulk = _BulkHistogram("lat_seconds", "doc")
     for chunk in (stamps[:123], stamps[123:], [None, None]):  # type: ignore[list-item]
         bulk.observe_timestamps("c", chunk, now_ms)
     reference_registry = CollectorRegistry()
