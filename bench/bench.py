@@ -688,7 +688,9 @@ def public_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A pipeline file without addresses, names and paths of this run (for the results)."""
     kafka = {k: v for k, v in config["kafka"].items() if k in ("engine", "properties")}
     backend = {k: v for k, v in config["backend"].items() if k in ("type", "decimals")}
+    tasks = {"tasks.max": config["tasks.max"]} if "tasks.max" in config else {}
     return {
+        **tasks,
         "kafka": kafka,
         "routes": [{k: v for k, v in r.items() if k != "topic"} for r in config["routes"]],
         "backend": backend,

@@ -88,6 +88,7 @@ class TaskProcess:
         self.failed = False
         self.trace: str | None = None
         self.started = False
+        self.ready = asyncio.Event()  # the process reported (its pipeline runs) or ended
         self.paused_partitions = 0
         self.last_lag: dict[TopicPartition, int] = {}
 
@@ -102,6 +103,7 @@ class TaskProcess:
     def start(self, held: bool) -> None:
         self.summary, self.failed, self.trace, self.started = None, False, None, False
         self._held, self._killed = held, False
+        self.ready.clear()
         self._task = asyncio.create_task(self._run(), name=f"connector {self._name} task {self.id}")
 
     def hold(self, held: bool) -> None:
@@ -178,6 +180,7 @@ class TaskProcess:
             self._ended(code)
 
     def _ended(self, code: int | None) -> None:
+        self.ready.set()
         self.started, self.paused_partitions, self.last_lag = False, 0, {}
         if self.summary is None and not self._killed:
             self.summary = RunSummary(
@@ -203,6 +206,7 @@ class TaskProcess:
         elif kind == "commit":
             m.committed(event["seconds"], event["ok"])
         elif kind == "status":
+            self.ready.set()
             self.started, self.paused_partitions = event["started"], event["paused"]
             if "lag" in event:
                 self.last_lag = {TopicPartition(t, p): n for t, p, n in event["lag"]}

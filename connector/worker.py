@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 STOP_MARGIN_S = 5.0
+CHILDREN_START_S = 30.0  # task 0 starts after the task processes, or after this long
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ class HostedConnector:
             ),
         ]
         self._lag_task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None  # task 0 waiting for the processes
         self._restarting: set[int] = set()
         self.on_state: Callable[[HostedConnector], None] | None = None
         self.ended = asyncio.Event()  # every task ended, and no restart follows
@@ -228,7 +230,8 @@ class HostedConnector:
 
     @property
     def running(self) -> bool:
-        return any(t.running for t in self.tasks)
+        starting = self._pending is not None and not self._pending.done()
+        return starting or any(t.running for t in self.tasks)
 
     @property
     def failed(self) -> bool:
@@ -300,9 +303,36 @@ class HostedConnector:
     def start(self) -> None:
         """Start every task that is not running, unless the target state is STOPPED."""
         if self.target != "STOPPED":
-            for task in self.tasks:
-                self._start(task)
+            self._start_tasks(self.tasks)
         self._publish_state()
+
+    def _start_tasks(self, tasks: list[Task]) -> None:
+        """Start ``tasks``; task 0 once the task processes among them are up, so that all
+        join the group at once: one rebalance rather than one more per late member (a
+        process takes a second or two to import and open its backend)."""
+        children = [t for t in tasks if isinstance(t, TaskProcess) and not t.running]
+        for task in children:
+            self._start(task)
+        if self.local not in tasks or self.local.running:
+            return
+        if children:
+            self.ended.clear()
+            self._pending = asyncio.create_task(
+                self._start_local_after(children), name=f"connector {self.name} task 0 start"
+            )
+        else:
+            self._start(self.local)
+
+    async def _start_local_after(self, children: list[TaskProcess]) -> None:
+        waits = [asyncio.create_task(c.ready.wait()) for c in children]
+        try:
+            await asyncio.wait(waits, timeout=CHILDREN_START_S)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self.target != "STOPPED":
+            self._start(self.local)
+            self._publish_state()
 
     def _start(self, task: Task) -> None:
         if task.running:
@@ -337,6 +367,8 @@ class HostedConnector:
 
     async def stop_task(self, tasks: list[Task] | None = None) -> None:
         """Stop ``tasks`` (default: all): commit, leave the group; bounded."""
+        if self._pending is not None and (tasks is None or self.local in tasks):
+            self._pending.cancel()
         bound = self._stop_bound_s()
         await asyncio.gather(*(t.stop(bound) for t in tasks or self.tasks))
         self._publish_state()
@@ -372,14 +404,16 @@ class HostedConnector:
         chosen = [t for t in tasks or self.tasks if t.failed or not only_failed]
         if not chosen:
             return
+        log.info(
+            "connector %s: restarting task(s) %s", self.name, ", ".join(str(t.id) for t in chosen)
+        )
         self._restarting.update(t.id for t in chosen)
         try:
             await self.stop_task(chosen)
         finally:
             self._restarting.difference_update(t.id for t in chosen)
         if self.target != "STOPPED":
-            for task in chosen:
-                self._start(task)
+            self._start_tasks(chosen)
         self._publish_state()
 
     async def probe_backend(self) -> str | None:

@@ -420,6 +420,18 @@ def test_two_workers_share_a_connector_and_survive_a_sigkill(
             lambda: task_workers() == [("a", "RUNNING"), ("b", "RUNNING")], 30, "both resumed"
         )
 
+        # Task 0 of the cluster is a's: restarting it on b is done by a.
+        assert b.request("POST", "/connectors/shared/tasks/0/restart")[0] == 204
+        a.wait_until(
+            lambda: "connector shared: restarting task(s) 0" in a.log.read_text(),
+            30,
+            "a restarts it",
+        )
+        assert "restarting task" not in b.log.read_text()
+        b.wait_until(
+            lambda: task_workers() == [("a", "RUNNING"), ("b", "RUNNING")], 30, "both running"
+        )
+
         a.kill()
         produce(
             kafka_bootstrap,

@@ -148,7 +148,11 @@ def alive(pid: int | None) -> bool:
 
 
 def pids(connector: HostedConnector) -> list[int | None]:
-    return [t.pid if isinstance(t, TaskProcess) else os.getpid() for t in connector.tasks]
+    """Each task's process (this one for task 0), None while it does not run."""
+    return [
+        t.pid if isinstance(t, TaskProcess) else os.getpid() if t.running else None
+        for t in connector.tasks
+    ]
 
 
 async def states(client: TestClient[Any, Any]) -> list[tuple[int, str]]:
