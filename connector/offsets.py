@@ -156,6 +156,11 @@ class OffsetTracker:
                 if state is not None and (state.committed is None or offset > state.committed):
                     state.committed = offset
 
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """What this member's own commits stored, per partition it has committed."""
+        with self._lock:
+            return {tp: s.committed for tp, s in self._parts.items() if s.committed is not None}
+
     def in_flight(self) -> int:
         """How many fetched records are not yet acked, over all partitions."""
         with self._lock:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connector.backends import ObjectResult, Outcome
 from connector.errors import RetryableError
 from connector.metrics import LATENCY_BUCKETS, Metrics, _BulkHistogram
-from connector.records import MappedObject, TopicPartition
+from connector.records import MappedObject, SourceRecord, TopicPartition
 from tests.fakes import FakeBackend, FakeSource
 from tests.test_pipeline import P0, P1, P2, Pipeline, config, logs
 
@@ -239,3 +239,61 @@ async def test_exposition_passes_promtool() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+class CachingSource(FakeSource):
+    """Knows each partition's end from its fetches, as a Kafka client does; counts the
+    calls that would be broker round trips."""
+
+    def __init__(self, records: dict[TopicPartition, list[bytes | None]]) -> None:
+        super().__init__(records)
+        self.asked: list[tuple[str, list[TopicPartition]]] = []
+        self.fetched_end: dict[TopicPartition, int] = {}
+
+    async def fetch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        out = await super().fetch(max_records, timeout_s)
+        self.fetched_end.update(
+            {tp: len(self.logs[tp]) for tp in self.logs if tp not in self.paused}
+        )
+        return out
+
+    async def known_high_watermarks(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return {tp: self.fetched_end[tp] for tp in partitions if tp in self.fetched_end}
+
+    async def watermarks(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        self.asked.append(("watermarks", partitions))
+        return await super().watermarks(partitions)
+
+    async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        if partitions:
+            self.asked.append(("committed", partitions))
+        return await super().committed(partitions)
+
+
+async def test_lag_asks_the_broker_only_for_what_the_client_does_not_know() -> None:
+    """While records flow, lag comes from the fetched high watermarks and this member's own
+    commits (no round trip holding up the consumer); paused partitions are asked for."""
+    source, backend = CachingSource(logs(20)), FakeBackend()
+    pipeline = Pipeline(config(), source, backend)
+    task = asyncio.create_task(pipeline.run())
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if all(source.last_commit(tp) == 20 for tp in (P0, P1, P2)):
+            break
+    source.asked.clear()
+    assert await pipeline.lag() == {P0: 0, P1: 0, P2: 0}
+    assert source.asked == []
+    pipeline.hold(True)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if source.paused == {P0, P1, P2}:
+            break
+    source.logs[P1].extend(source.logs[P1][:5])  # 5 records produced while paused
+    assert await pipeline.lag() == {P0: 0, P1: 5, P2: 0}
+    assert source.asked == [("watermarks", [P0, P1, P2])]
+    pipeline.request_stop()
+    await asyncio.wait_for(task, 10)

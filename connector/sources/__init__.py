@@ -82,6 +82,14 @@ class Source(ABC):
     ) -> dict[TopicPartition, tuple[int, int]]:
         """(low, high) offsets per partition, asked of the broker."""
 
+    async def known_high_watermarks(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The high watermark per partition as the client last learned it from a fetch,
+        without a broker round trip; partitions it knows none for are left out. This
+        default asks the broker."""
+        return {tp: high for tp, (_low, high) in (await self.watermarks(partitions)).items()}
+
     @abstractmethod
     async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offset per partition, None when there is none."""

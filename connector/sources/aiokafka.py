@@ -409,6 +409,13 @@ class AiokafkaSource(Source):
         highs = await self._bounded(what, consumer.end_offsets(aks))
         return {tp: (lows[ak], highs[ak]) for tp, ak in zip(partitions, aks, strict=True)}
 
+    async def known_high_watermarks(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        consumer = self._client()
+        marks = {tp: consumer.highwater(_ak(tp)) for tp in partitions}
+        return {tp: high for tp, high in marks.items() if high is not None}
+
     async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         if not partitions:
             return {}

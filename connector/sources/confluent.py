@@ -384,6 +384,23 @@ class ConfluentSource(Source):
 
         return await thread.run(ask, CALL_TIMEOUT_S + 10.0 * len(partitions))
 
+    async def known_high_watermarks(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        consumer, thread = self._client()
+
+        def cached() -> dict[TopicPartition, int]:
+            out: dict[TopicPartition, int] = {}
+            for tp in partitions:
+                found = consumer.get_watermark_offsets(
+                    CkTopicPartition(tp.topic, tp.partition), cached=True
+                )
+                if found is not None and found[1] >= 0:
+                    out[tp] = found[1]
+            return out
+
+        return await thread.run(cached, CALL_TIMEOUT_S)
+
     async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         if not partitions:
             return {}
