@@ -244,8 +244,17 @@ class KafkaConfig(_Section):
         return value
 
     def aiokafka_options(self) -> dict[str, str | int | bool]:
-        """``properties`` as AIOKafkaConsumer keyword arguments (validated at load time)."""
-        return dict(_aiokafka_option(key, value) for key, value in self.properties.items())
+        """``properties`` as AIOKafkaConsumer keyword arguments (validated at load time),
+        over the defaults we choose."""
+        chosen = {**CONSUMER_DEFAULTS, **self.properties}
+        return dict(_aiokafka_option(key, value) for key, value in chosen.items())
+
+
+CONSUMER_DEFAULTS: dict[str, int] = {"heartbeat.interval.ms": 1000}
+"""Client defaults of ours for both engines, below ``kafka.properties``. A heartbeat every
+second (the clients' default: 3 s) is how soon a member learns of a rebalance; each one
+waits for every member's next heartbeat, so a task or worker that joins or leaves a busy
+group moves partitions in ~2 s instead of ~6 s (a rebalance takes two rounds)."""
 
 
 def _aiokafka_option(key: str, value: str | int | float | bool) -> tuple[str, str | int | bool]:

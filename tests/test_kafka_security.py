@@ -11,6 +11,7 @@ import pytest
 
 from connector.config import KafkaConfig, SecurityConfig, parse_config
 from connector.errors import ConfigError, ConnectorError
+from connector.sources.confluent import consumer_settings
 from connector.sources.security import aiokafka_kwargs, describe_endpoint, librdkafka_settings
 
 SECRET = "s3cret-Pa55"
@@ -211,6 +212,18 @@ def test_aiokafka_translates_the_properties_it_understands() -> None:
         "check_crcs": False,
         "client_id": "ingest-1",
     }
+
+
+def test_a_heartbeat_every_second_unless_the_properties_say_otherwise() -> None:
+    """Both engines heartbeat every 1 s by default (rebalances in ~2 s, not ~6 s)."""
+    plain = kafka_config({"engine": "aiokafka"})
+    assert plain.aiokafka_options() == {"heartbeat_interval_ms": 1000}
+    assert consumer_settings(plain)["heartbeat.interval.ms"] == 1000
+    slow = kafka_config({"properties": {"heartbeat.interval.ms": "3000"}})
+    assert consumer_settings(slow)["heartbeat.interval.ms"] == "3000"
+    assert kafka_config(
+        {"engine": "aiokafka", "properties": {"heartbeat.interval.ms": 2500}}
+    ).aiokafka_options() == {"heartbeat_interval_ms": 2500}
 
 
 # --- translation -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from confluent_kafka import TopicPartition as CkTopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported for type checkers
 
-from connector.config import KafkaConfig
+from connector.config import CONSUMER_DEFAULTS, KafkaConfig
 from connector.errors import ConnectorError
 from connector.records import SourceRecord, TopicPartition
 from connector.sources import RebalanceListener, Source
@@ -54,7 +54,7 @@ REVOKE_WAIT_S = 300.0
 
 def consumer_settings(config: KafkaConfig) -> dict[str, Any]:
     """librdkafka settings: the user's pass-through properties, then the ones we own."""
-    settings: dict[str, Any] = dict(config.properties)
+    settings: dict[str, Any] = {**CONSUMER_DEFAULTS, **config.properties}
     settings.update(librdkafka_settings(config.security))
     settings.update(
         {
