@@ -11,7 +11,7 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format slow soak bench fuzz image test-image clean
+.PHONY: help venv kafka services quickstart test unit integration lint format slow soak bench fuzz image test-image test-containers clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
@@ -24,6 +24,7 @@ help:
 	@echo "make fuzz         the dead-letter fuzz at full size: 10,000 poison + 50,000 good records"
 	@echo "make image        build the container image with podman (Debian base via mmdebstrap)"
 	@echo "make test-image   make image, then run it against Kafka and PostgreSQL"
+	@echo "make test-containers  core delivery tests with Kafka started through testcontainers"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
 $(BIN)/.installed: pyproject.toml
@@ -92,6 +93,17 @@ image:
 
 test-image: venv kafka services image
 	DATA_INGEST_TEST_IMAGE=1 $(BIN)/python -m pytest -ra -s integration/test_image.py
+
+# The core delivery tests with their Kafka started through testcontainers: podman serves the
+# Docker API, the broker image is built here from Kafka's Maven jars on an mmdebstrap base
+# with a JRE. Not part of `make test`: the base takes ~2 minutes to make the first time and
+# these tests run again what `make test` runs against the local broker (~8 minutes).
+CONTAINER_TESTS := integration/test_containers.py integration/test_sqlite_pipeline.py \
+	integration/test_backends.py integration/test_dead_letters.py integration/test_worker.py
+test-containers: venv kafka services
+	bash integration/build_image.sh kafka "$$($(BIN)/python -m integration.kafka_broker fetch)"
+	DATA_INGEST_KAFKA=testcontainers bash integration/build_image.sh with-docker-api \
+		$(BIN)/python -m pytest -ra -m "not slow" $(CONTAINER_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from itertools import groupby, islice
 from operator import attrgetter
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from connector.backends import Backend, ObjectResult, Outcome
 from connector.batching import Batch, Batcher
@@ -74,6 +74,12 @@ _MAPPER_CLASS = f"{Mapper.__module__}.{Mapper.__qualname__}"
 
 class _Interrupted(Exception):
     """A retry loop was told to give up (shutdown)."""
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    """Retrieve a left-behind call's outcome (asyncio would log it as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _left(deadline: float) -> float:
@@ -479,8 +485,8 @@ class Pipeline:
                 return
             left = self._batcher.time_left()
             timeout = poll_s if left is None else min(poll_s, left)
-            records = await self._source.fetch(max_records, timeout)
-            if self._stop.is_set() and self._error is not None:
+            records = await self._unless_stopped(self._source.fetch(max_records, timeout))
+            if records is None or (self._stop.is_set() and self._error is not None):
                 return
             if records and self._summary.startup_s is None:
                 self._summary.startup_s = time.monotonic() - self._started
@@ -618,6 +624,27 @@ class Pipeline:
             self._fail(exc)
             return False
         return True
+
+    async def _unless_stopped(
+        self, fetch: Awaitable[list[SourceRecord]]
+    ) -> list[SourceRecord] | None:
+        """The records of ``fetch``, or None as soon as a stop is requested while it runs.
+
+        A fetch normally returns within the poll timeout, but one was seen to stay inside the
+        client (during a rebalance) past the whole shutdown timeout, and the run did not end
+        on SIGTERM. Left behind, it goes on in the client's thread; its records were never
+        acknowledged, so nothing of them is committed and the next owner reads them again.
+        """
+        if self._stop.is_set():
+            return await fetch
+        fetching = asyncio.ensure_future(fetch)
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if fetching.done():
+            return fetching.result()
+        fetching.add_done_callback(_ignore_result)
+        return None
 
     async def _apply_backpressure(self) -> None:
         """Wait for the ingest task while closed batches queue up; pause if that takes long.

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -710,56 +710,82 @@ class KafkaEndpoint:
     broker: KafkaBroker | None = None
 
 
-def _docker_available() -> bool:
-    """True when the ``docker`` package is installed and a Docker engine answers a ping."""
-    try:
-        import docker
-    except ImportError:
-        return False
-    try:
-        client = docker.from_env(timeout=5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
 @contextlib.contextmanager
 def kafka_endpoint() -> Iterator[KafkaEndpoint]:
     """Yield a Kafka for the tests and stop what was started here.
 
-    Order: env ``DATA_INGEST_TEST_KAFKA_BOOTSTRAP`` -> a testcontainers Kafka when a Docker
-    engine answers -> a local ``KafkaBroker``. Env ``DATA_INGEST_KAFKA=local`` skips the Docker
-    check (e.g. to run the restart tests, which need the local broker). ``KAFKA_BOOTSTRAP_SERVERS``
-    is never read: users export it for their real cluster, which the tests must not write to.
+    Order: env ``DATA_INGEST_TEST_KAFKA_BOOTSTRAP`` -> a Kafka container started through
+    testcontainers when ``DATA_INGEST_KAFKA=testcontainers`` (``make test-containers``) -> a
+    local ``KafkaBroker`` (the default, and ``DATA_INGEST_KAFKA=local``: the restart and
+    crash tests need it). ``KAFKA_BOOTSTRAP_SERVERS`` is never read: users export it for
+    their real cluster, which the tests must not write to.
     """
     env = os.environ.get(TEST_BOOTSTRAP_ENV)
     if env:
         yield KafkaEndpoint(env, "env")
         return
-    if os.environ.get("DATA_INGEST_KAFKA", "auto") != "local" and _docker_available():
-        try:
-            from testcontainers.kafka import KafkaContainer
-        except ImportError:
-            print(
-                "kafka_endpoint: Docker answers but testcontainers is not installed; "
-                "using the local KafkaBroker",
-                file=sys.stderr,
-            )
-        else:
-            image = os.environ.get("KAFKA_TESTCONTAINERS_IMAGE", "confluentinc/cp-kafka:7.9.0")
-            container = KafkaContainer(image).with_kraft()
-            container.with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
-            container.start()
-            try:
-                yield KafkaEndpoint(container.get_bootstrap_server(), "testcontainers")
-            finally:
-                container.stop()
-            return
+    if os.environ.get("DATA_INGEST_KAFKA", "local") == "testcontainers":
+        with kafka_container() as bootstrap:
+            yield KafkaEndpoint(bootstrap, "testcontainers")
+        return
     with KafkaBroker() as broker:
         yield KafkaEndpoint(broker.bootstrap_servers, "local", broker)
+
+
+CONTAINER_IMAGE = f"localhost/data-ingest-kafka:{KAFKA_VERSION}"
+
+
+@contextlib.contextmanager
+def kafka_container(timeout: float = 120.0) -> Iterator[str]:
+    """A broker in a container started through testcontainers; yields its bootstrap servers.
+
+    The image (``$KAFKA_TESTCONTAINERS_IMAGE``, default ``CONTAINER_IMAGE``) is built here
+    from Kafka's Maven jars (``integration/build_image.sh kafka``). It runs with the host's
+    network on two free loopback ports, so the address clients are given is the one they
+    reach, as with the local broker.
+    """
+    from testcontainers.core.container import DockerContainer
+
+    image = os.environ.get("KAFKA_TESTCONTAINERS_IMAGE", CONTAINER_IMAGE)
+    port, controller_port = free_ports(2)
+    container = (
+        DockerContainer(image)
+        .with_env("KAFKA_PORT", str(port))
+        .with_env("KAFKA_CONTROLLER_PORT", str(controller_port))
+        .with_kwargs(network_mode="host")
+    )
+    container.start()
+    bootstrap = f"{LOOPBACK}:{port}"
+    try:
+        _wait_for_broker(bootstrap, timeout, lambda: _container_logs(container))
+        yield bootstrap
+    finally:
+        container.stop()
+
+
+def _container_logs(container: Any) -> str:
+    out, err = container.get_logs()
+    return (out + err).decode(errors="replace")[-4000:]
+
+
+def _wait_for_broker(bootstrap: str, timeout: float, logs: Callable[[], str]) -> None:
+    """Until the broker at ``bootstrap`` answers a metadata request; its logs if it does not."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=2)
+            return
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Kafka container at {bootstrap} did not answer within {timeout:.0f} s:"
+                    f"\n{logs()}"
+                ) from None
+            time.sleep(0.5)
 
 
 @dataclass(frozen=True)

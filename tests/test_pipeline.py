@@ -9,7 +9,7 @@ from typing import Any
 from connector.config import PipelineConfig, parse_config
 from connector.errors import FatalBackendError, RetryableError
 from connector.pipeline import Pipeline as _Pipeline
-from connector.records import TopicPartition
+from connector.records import SourceRecord, TopicPartition
 from tests.fakes import AVRO_DIR, TYPES, FakeBackend, FakeSource, measurement
 
 P0, P1, P2 = (TopicPartition("m", p) for p in range(3))
@@ -168,3 +168,33 @@ async def test_stop_finishes_the_batch_and_commits() -> None:
     summary = await asyncio.wait_for(task, 5)
     assert summary.records == 15
     assert {tp: source.last_commit(tp) for tp in (P0, P1, P2)} == {P0: 5, P1: 5, P2: 5}
+
+
+class StuckSource(FakeSource):
+    """Its fetches after the first ``fetches_left`` never return, as a client stuck in a
+    rebalance."""
+
+    fetches_left = 1
+
+    async def fetch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        if self.fetches_left == 0:
+            await asyncio.Event().wait()
+        self.fetches_left -= 1
+        return await super().fetch(max_records, timeout_s)
+
+
+async def test_a_stop_ends_the_run_even_while_a_fetch_hangs() -> None:
+    """SIGTERM must end the run within the shutdown bound whatever the client does; what
+    was fetched before is written and committed, the hanging fetch is left behind."""
+    source, backend = StuckSource(logs(3)), FakeBackend()
+    pipeline = Pipeline(config(), source, backend)
+    task = asyncio.create_task(pipeline.run())
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if source.fetches_left == 0:
+            break
+    await asyncio.sleep(0.2)  # the second fetch hangs now
+    pipeline.request_stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert summary.error is None and summary.records == len(backend.stored) == 9
+    assert {tp: source.last_commit(tp) for tp in (P0, P1, P2)} == {P0: 3, P1: 3, P2: 3}
