@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import random
 import time
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from itertools import groupby, islice
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from connector.backends import Backend, ObjectResult, Outcome
 from connector.batching import Batch, Batcher
@@ -74,12 +75,6 @@ _MAPPER_CLASS = f"{Mapper.__module__}.{Mapper.__qualname__}"
 
 class _Interrupted(Exception):
     """A retry loop was told to give up (shutdown)."""
-
-
-def _ignore_result(future: asyncio.Future[Any]) -> None:
-    """Retrieve a left-behind call's outcome (asyncio would log it as never retrieved)."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _left(deadline: float) -> float:
@@ -396,7 +391,7 @@ class Pipeline:
         progress_task = asyncio.create_task(self._progress_loop(), name="progress")
         letter_task = asyncio.create_task(self._dead_letter_loop(), name="dead-letter")
         try:
-            await self._fetch_loop()
+            await self._fetch_until_stopped()
         except ConnectorError as exc:
             self._fail(exc)
         finally:
@@ -419,6 +414,36 @@ class Pipeline:
         if self._error is not None:
             self._summary.error = str(self._error)
         return self._summary
+
+    async def _fetch_until_stopped(self) -> None:
+        """The fetch loop, bounded once a stop is requested: it has the poll timeout and a
+        second to return by itself, then it is cancelled where it waits.
+
+        Fleet chaos runs in CI twice saw a member stay in its fetch loop for the whole
+        shutdown timeout after a SIGTERM that came with a rebalance (once per engine); the
+        run then never ended. What the loop fetched and did not batch was never
+        acknowledged: nothing of it is committed, the next owner reads it again.
+        """
+        fetching = asyncio.create_task(self._fetch_loop(), name="fetch")
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            grace = self._config.kafka.poll_timeout_ms / 1000 + 1.0
+            done, _ = await asyncio.wait({fetching}, timeout=grace)
+            if not done:
+                where = io.StringIO()
+                fetching.print_stack(file=where)
+                log.warning(
+                    "shutdown: the fetch loop did not return within %.1f s of the stop; "
+                    "cancelling it where it waits:\n%s",
+                    grace,
+                    where.getvalue(),
+                )
+                fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetching
+        finally:
+            stopping.cancel()
 
     async def _drain(
         self, ingest_task: asyncio.Task[None], letter_task: asyncio.Task[None], deadline: float
@@ -485,8 +510,8 @@ class Pipeline:
                 return
             left = self._batcher.time_left()
             timeout = poll_s if left is None else min(poll_s, left)
-            records = await self._unless_stopped(self._source.fetch(max_records, timeout))
-            if records is None or (self._stop.is_set() and self._error is not None):
+            records = await self._source.fetch(max_records, timeout)
+            if self._stop.is_set() and self._error is not None:
                 return
             if records and self._summary.startup_s is None:
                 self._summary.startup_s = time.monotonic() - self._started
@@ -624,27 +649,6 @@ class Pipeline:
             self._fail(exc)
             return False
         return True
-
-    async def _unless_stopped(
-        self, fetch: Awaitable[list[SourceRecord]]
-    ) -> list[SourceRecord] | None:
-        """The records of ``fetch``, or None as soon as a stop is requested while it runs.
-
-        A fetch normally returns within the poll timeout, but one was seen to stay inside the
-        client (during a rebalance) past the whole shutdown timeout, and the run did not end
-        on SIGTERM. Left behind, it goes on in the client's thread; its records were never
-        acknowledged, so nothing of them is committed and the next owner reads them again.
-        """
-        if self._stop.is_set():
-            return await fetch
-        fetching = asyncio.ensure_future(fetch)
-        stopping = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if fetching.done():
-            return fetching.result()
-        fetching.add_done_callback(_ignore_result)
-        return None
 
     async def _apply_backpressure(self) -> None:
         """Wait for the ingest task while closed batches queue up; pause if that takes long.
