@@ -105,24 +105,31 @@ def read_topic(
     bootstrap: str, topic: str, timeout: float = 60.0, *, at_least: int = 0
 ) -> list[Read]:
     """Every record of ``topic`` from its start to its current end; read again (for at most
-    30 s) while there are fewer than ``at_least``: right after a run the broker has been
-    seen to answer a first watermark query with an empty partition."""
+    30 s) while there are fewer than ``at_least``, then fail naming what the broker answered
+    (e.g. low == high: the records were deleted, as by time retention)."""
     deadline = time.monotonic() + 30
     while True:
-        found = _read_once(bootstrap, topic, timeout)
-        if len(found) >= at_least or time.monotonic() > deadline:
+        seen: list[str] = []
+        found = _read_once(bootstrap, topic, timeout, seen)
+        if len(found) >= at_least:
             return found
+        assert time.monotonic() < deadline, (
+            f"{topic}: {len(found)} records read, at least {at_least} expected; the broker "
+            f"answered: {'; '.join(seen)}"
+        )
         time.sleep(0.5)
 
 
-def _read_once(bootstrap: str, topic: str, timeout: float) -> list[Read]:
+def _read_once(bootstrap: str, topic: str, timeout: float, seen: list[str]) -> list[Read]:
+    """The records of ``topic``; what the broker answered is appended to ``seen``."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False}
     )
     try:
-        metadata = consumer.list_topics(topic, timeout=30)
-        partitions = sorted(metadata.topics[topic].partitions)
+        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+        partitions = sorted(metadata.partitions)
         ends = {p: _watermarks(consumer, topic, p) for p in partitions}
+        seen.append(f"metadata error {metadata.error}, (low, high) by partition {ends}")
         consumer.assign([CkTopicPartition(topic, p, lo) for p, (lo, _) in ends.items()])
         position = {p: lo for p, (lo, _) in ends.items()}
         out: list[Read] = []

@@ -31,7 +31,9 @@ from integration.support import (
 )
 
 ENGINES = pytest.mark.parametrize("engine", ["confluent", "aiokafka"])
-T0 = 1_750_000_000_000
+# Dead letters keep their record's timestamp, and the broker's time retention (7 days)
+# counts from it: an older one is deleted at the next retention check (every 5 minutes).
+T0 = int(time.time() * 1000) - 3_600_000
 BIG_TOPIC = {"max.message.bytes": "40000000"}
 BACKEND_CLASS = {
     "sqlite": "connector.backends.sqlite.SqliteBackend",

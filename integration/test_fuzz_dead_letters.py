@@ -57,6 +57,9 @@ from integration.support import (
 )
 
 PARTITIONS = 6
+# The poison records' timestamp, which their dead letters keep: recent, since the broker's
+# time retention (7 days) deletes older dead letters at its next check (every 5 minutes).
+RECENT_MS = int(time.time() * 1000) - 3_600_000
 FULL = os.environ.get("DATA_INGEST_FUZZ") == "full"
 POISON, GOOD = (10_000, 50_000) if FULL else (1_000, 5_000)
 SEED = 20261203
@@ -90,7 +93,7 @@ def plan_topic(
         partition = rng.randrange(PARTITIONS)
         if poisoned:
             value, kind = rng.choice(poisons)(rng)
-            records.append(Out(partition, value, None, [("fuzz", b"poison")], 1_700_000_000_000))
+            records.append(Out(partition, value, None, [("fuzz", b"poison")], RECENT_MS))
             notes.append((kind, "poison"))
         else:
             n = written[partition]
