@@ -101,6 +101,12 @@ def produce_records(bootstrap: str, topic: str, records: Iterable[Out]) -> list[
     return coordinates
 
 
+RECENT_MS = int(time.time() * 1000) - 3_600_000
+"""A record timestamp an hour old, for records whose dead letters are read back: a dead
+letter keeps its record's timestamp, and the broker's time retention (7 days) deletes an
+older one at its next check (every 5 minutes)."""
+
+
 def read_topic(
     bootstrap: str, topic: str, timeout: float = 60.0, *, at_least: int = 0
 ) -> list[Read]:
@@ -109,19 +115,18 @@ def read_topic(
     (e.g. low == high: the records were deleted, as by time retention)."""
     deadline = time.monotonic() + 30
     while True:
-        seen: list[str] = []
-        found = _read_once(bootstrap, topic, timeout, seen)
+        found, answered = _read_once(bootstrap, topic, timeout)
         if len(found) >= at_least:
             return found
         assert time.monotonic() < deadline, (
             f"{topic}: {len(found)} records read, at least {at_least} expected; the broker "
-            f"answered: {'; '.join(seen)}"
+            f"answered: {answered}"
         )
         time.sleep(0.5)
 
 
-def _read_once(bootstrap: str, topic: str, timeout: float, seen: list[str]) -> list[Read]:
-    """The records of ``topic``; what the broker answered is appended to ``seen``."""
+def _read_once(bootstrap: str, topic: str, timeout: float) -> tuple[list[Read], str]:
+    """The records of ``topic``, and what the broker answered about its partitions."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False}
     )
@@ -129,7 +134,7 @@ def _read_once(bootstrap: str, topic: str, timeout: float, seen: list[str]) -> l
         metadata = consumer.list_topics(topic, timeout=30).topics[topic]
         partitions = sorted(metadata.partitions)
         ends = {p: _watermarks(consumer, topic, p) for p in partitions}
-        seen.append(f"metadata error {metadata.error}, (low, high) by partition {ends}")
+        answered = f"metadata error {metadata.error}, (low, high) by partition {ends}"
         consumer.assign([CkTopicPartition(topic, p, lo) for p, (lo, _) in ends.items()])
         position = {p: lo for p, (lo, _) in ends.items()}
         out: list[Read] = []
@@ -152,7 +157,7 @@ def _read_once(bootstrap: str, topic: str, timeout: float, seen: list[str]) -> l
                         msg.timestamp()[1],
                     )
                 )
-        return out
+        return out, answered
     finally:
         consumer.close()
 

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from integration.backends import BackendUnderTest
 from integration.kafka_broker import create_topic
-from integration.poison import Out, Read, produce_records, read_topic
+from integration.poison import RECENT_MS, Out, Read, produce_records, read_topic
 from integration.support import (
     committed_offsets,
     kill,
@@ -31,9 +31,7 @@ from integration.support import (
 )
 
 ENGINES = pytest.mark.parametrize("engine", ["confluent", "aiokafka"])
-# Dead letters keep their record's timestamp, and the broker's time retention (7 days)
-# counts from it: an older one is deleted at the next retention check (every 5 minutes).
-T0 = int(time.time() * 1000) - 3_600_000
+T0 = RECENT_MS
 BIG_TOPIC = {"max.message.bytes": "40000000"}
 BACKEND_CLASS = {
     "sqlite": "connector.backends.sqlite.SqliteBackend",

@@ -33,6 +33,7 @@ from integration.kafka_broker import create_topic
 from integration.poison import (
     JSON_POISONS,
     MEASUREMENT,
+    RECENT_MS,
     Out,
     Poison,
     avro_body,
@@ -57,9 +58,6 @@ from integration.support import (
 )
 
 PARTITIONS = 6
-# The poison records' timestamp, which their dead letters keep: recent, since the broker's
-# time retention (7 days) deletes older dead letters at its next check (every 5 minutes).
-RECENT_MS = int(time.time() * 1000) - 3_600_000
 FULL = os.environ.get("DATA_INGEST_FUZZ") == "full"
 POISON, GOOD = (10_000, 50_000) if FULL else (1_000, 5_000)
 SEED = 20261203
