@@ -29,6 +29,7 @@ from connector.pipeline import Pipeline, RunSummary
 from connector.progress import PROGRESS_INTERVAL_S, LogProgress, ProgressSink
 from connector.schemas import ObjectTypes, check_directory, load_object_types
 from connector.sources import create_source
+from connector.timeouts import within
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -393,7 +394,7 @@ async def _validate(
     problems: list[str] = []
     source = create_source(config.kafka)
     try:
-        topics = await asyncio.wait_for(source.check(args.timeout), args.timeout + 5)
+        topics = await within(source.check(args.timeout), args.timeout + 5)
         print(f"kafka: {config.kafka.bootstrap_servers} reachable, {len(topics)} topics")
         for route in config.routes:
             if route.topic is not None:

@@ -17,7 +17,6 @@ any group member. Kafka is the only coordination: no election, no leader.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -30,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from connector.config import KafkaConfig
 from connector.errors import ConnectorError
 from connector.sources.confluent import admin_settings
+from connector.timeouts import cancel_and_wait, within
 from connector.worker import ApiError, ConnectorRecord, HostedConnector, Worker
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ HEARTBEAT_S = 2.0
 STALE_S = 10.0
 APPLY_TIMEOUT_S = 30.0
 POLL_S = 0.2
+CANCEL_WAIT_S = 1.0  # for a cancelled follower task to end when the worker stops
 LEADER_WAIT_S = 30.0
 # A topic created a moment ago has no partition leader yet: its metadata answers these
 # until the controller has elected one, so reading it is retried for up to LEADER_WAIT_S.
@@ -124,9 +125,7 @@ class KafkaClusterStore:
     async def stop_following(self) -> None:
         """Apply no more changes (the worker is about to stop its connectors)."""
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, CANCEL_WAIT_S, task.get_name())
 
     async def close(self) -> None:
         """Withdraw this worker's statuses (after its connectors stopped) and close."""
@@ -232,7 +231,7 @@ class KafkaClusterStore:
                 await self._progress.wait_for(lambda: self._applied >= offset)
 
         try:
-            await asyncio.wait_for(reached(), APPLY_TIMEOUT_S)
+            await within(reached(), APPLY_TIMEOUT_S)
         except TimeoutError:
             raise ApiError(
                 500,

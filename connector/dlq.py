@@ -28,6 +28,7 @@ from connector.errors import ConnectorError, RecordError, RecordErrorKind, Retry
 from connector.records import SourceRecord
 from connector.sources.confluent import admin_settings
 from connector.sources.security import describe_endpoint
+from connector.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class DeadLetterProducer:
         )
         future = admin.create_topics([new], request_timeout=CALL_TIMEOUT_S)[self.topic]
         try:
-            await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT_S)
+            await within(asyncio.wrap_future(future), CALL_TIMEOUT_S)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:

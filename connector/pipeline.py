@@ -53,6 +53,7 @@ from connector.records import MappedObject, SourceRecord, TopicPartition
 from connector.release import Releaser
 from connector.schemas import ObjectTypes
 from connector.sources import Source
+from connector.timeouts import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ LAG_REFRESH_S = 5.0
 PAUSE_AFTER_S = 5.0
 FETCH_SLICE = 500
 CLOSE_RESERVE_S = 5.0  # of the shutdown timeout, kept for the final commit and leaving the group
+CANCEL_WAIT_S = 1.0  # for a cancelled loop task to end during shutdown
 CLOSE_MIN_S = 1.0
 
 
@@ -253,7 +255,7 @@ class Pipeline:
             while self._writing is writing and time.monotonic() < deadline:
                 self._written.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._written.wait(), deadline - time.monotonic())
+                    await within(self._written.wait(), deadline - time.monotonic())
             if self._writing is writing:
                 log.warning(
                     "revoke: the batch in the backend did not finish within %.1f s; its "
@@ -397,10 +399,8 @@ class Pipeline:
         finally:
             deadline = time.monotonic() + self._shutdown_s
             await self._drain(ingest_task, letter_task, deadline)
-            for task in (commit_task, progress_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(commit_task, CANCEL_WAIT_S, "the commit loop")
+            await cancel_and_wait(progress_task, CANCEL_WAIT_S, "the progress loop")
             finished = self._caught_up_at_end and self._error is None
             self._progress.close(self._snapshot(0 if finished else None), finished)
             await self._bounded(self._commit_now(final=True), _left(deadline), "the final commit")
@@ -417,12 +417,9 @@ class Pipeline:
 
     async def _fetch_until_stopped(self) -> None:
         """The fetch loop, bounded once a stop is requested: it has the poll timeout and a
-        second to return by itself, then it is cancelled where it waits.
-
-        Fleet chaos runs in CI twice saw a member stay in its fetch loop for the whole
-        shutdown timeout after a SIGTERM that came with a rebalance (once per engine); the
-        run then never ended. What the loop fetched and did not batch was never
-        acknowledged: nothing of it is committed, the next owner reads it again.
+        second to return by itself, then it is cancelled where it waits (a fetch can wait
+        inside the client, e.g. for a rebalance). What the loop fetched and did not batch
+        was never acknowledged: nothing of it is committed, the next owner reads it again.
         """
         fetching = asyncio.create_task(self._fetch_loop(), name="fetch")
         stopping = asyncio.create_task(self._stop.wait())
@@ -439,7 +436,8 @@ class Pipeline:
                     grace,
                     where.getvalue(),
                 )
-                fetching.cancel()
+                await cancel_and_wait(fetching, CANCEL_WAIT_S, "the fetch loop")
+                return
             with contextlib.suppress(asyncio.CancelledError):
                 await fetching
         finally:
@@ -481,7 +479,8 @@ class Pipeline:
                 what,
                 budget,
             )
-            task.cancel()
+            await cancel_and_wait(task, CANCEL_WAIT_S, what)
+            return
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -489,7 +488,7 @@ class Pipeline:
     async def _bounded(call: Awaitable[None], timeout_s: float, what: str) -> None:
         """Await ``call`` for at most ``timeout_s`` (shutdown steps must not hang)."""
         try:
-            await asyncio.wait_for(call, max(timeout_s, 0.1))
+            await within(call, max(timeout_s, 0.1))
         except TimeoutError:
             log.warning("shutdown: %s did not finish within %.1f s", what, timeout_s)
         except Exception as exc:
@@ -660,7 +659,7 @@ class Pipeline:
         if self._congested() and not self._paused and not self._held:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), self._pause_after_s)
+                await within(self._room.wait(), self._pause_after_s)
         if self._held or self._congested():
             newly = sorted(self._assigned - self._paused, key=str)
             if newly:
@@ -923,7 +922,7 @@ class Pipeline:
                     wait,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(interrupt.wait(), wait)
+                    await within(interrupt.wait(), wait)
                 if interrupt.is_set():
                     raise _Interrupted from exc
                 delay = min(retry.max_backoff_ms / 1000, delay * retry.multiplier)

@@ -43,6 +43,7 @@ from connector.records import TopicPartition
 from connector.schemas import ObjectTypes
 from connector.sources import create_source
 from connector.task_process import TaskProcess
+from connector.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -420,12 +421,12 @@ class HostedConnector:
         """None when the backend answers a read-only check; otherwise why not."""
         backend = create_backend(self.config.backend, self.types)
         try:
-            await asyncio.wait_for(backend.check(), PROBE_TIMEOUT_S)
+            await within(backend.check(), PROBE_TIMEOUT_S)
         except Exception as exc:
             return f"connector {self.name}: backend unreachable: {exc or type(exc).__name__}"
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(backend.close(), PROBE_TIMEOUT_S)
+                await within(backend.close(), PROBE_TIMEOUT_S)
         return None
 
     def not_ready(self) -> list[str]:

@@ -21,6 +21,7 @@ from connector.config import KafkaConfig, SecurityConfig
 from connector.errors import ConnectorError
 from connector.records import SourceRecord, TopicPartition
 from connector.sources import Source, create_source
+from connector.timeouts import within
 from integration.kafka_broker import create_topic
 from integration.support import produce, unique
 
@@ -460,7 +461,7 @@ async def test_commits_while_a_revoke_commits_cannot_deadlock(
             # revoke and fails is retried by the next one there).
             owned = {tp: 1 for tp in tps if tp in first_listener.epochs}
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(first.commit(owned), 30)
+                await within(first.commit(owned), 30)
                 commits += 1
             await asyncio.sleep(0.01)
 
@@ -476,7 +477,7 @@ async def test_commits_while_a_revoke_commits_cannot_deadlock(
             what="a revoke while commits run",
         )
         stop.set()
-        await asyncio.wait_for(committer, 30)
+        await within(committer, 30)
         assert commits > 0
         # The partition the second member took: its offset is the revoke's commit. (The
         # other one may be assigned to the first member again, which then commits it.)

@@ -16,6 +16,7 @@ from connector.backends import ObjectResult, Outcome
 from connector.errors import RetryableError
 from connector.metrics import LATENCY_BUCKETS, Metrics, _BulkHistogram
 from connector.records import MappedObject, SourceRecord, TopicPartition
+from connector.timeouts import within
 from tests.fakes import FakeBackend, FakeSource
 from tests.test_pipeline import P0, P1, P2, Pipeline, config, logs
 
@@ -155,7 +156,7 @@ async def test_lag_paused_partitions_and_hold() -> None:
     observer.set_lag(lag)
     assert value(metrics, "data_ingest_consumer_lag", connector="c", topic="m", partition="1") == 25
     pipeline.hold(False)
-    summary = await asyncio.wait_for(task, 10)
+    summary = await within(task, 10)
     assert summary.records == 75 and len(backend.stored) == 75
     observer.set_lag({P1: 0})
     got = samples(metrics)
@@ -296,4 +297,4 @@ async def test_lag_asks_the_broker_only_for_what_the_client_does_not_know() -> N
     assert await pipeline.lag() == {P0: 0, P1: 5, P2: 0}
     assert source.asked == [("watermarks", [P0, P1, P2])]
     pipeline.request_stop()
-    await asyncio.wait_for(task, 10)
+    await within(task, 10)

@@ -15,6 +15,7 @@ from connector.backends import ObjectResult, Outcome
 from connector.config import RouteConfig
 from connector.errors import RetryableError
 from connector.records import MappedObject, SourceRecord, TopicPartition
+from connector.timeouts import within
 from tests.fakes import FakeBackend, FakeSource, measurement
 from tests.test_pipeline import P0, P1, Pipeline, config, logs
 
@@ -41,7 +42,7 @@ async def test_revoke_drops_queued_objects_and_commits_the_batch_in_the_backend(
     cfg = config(batching={"max_records": 10, "max_in_flight_batches": 4, "max_wait_ms": 5})
     pipeline = Pipeline(cfg, source, backend, pause_after_s=60)
     task = asyncio.create_task(pipeline.run())
-    await asyncio.wait_for(backend.entered.wait(), 5)
+    await within(backend.entered.wait(), 5)
     await asyncio.sleep(0.1)  # let the fetch task queue more batches behind the first
     in_backend = backend.calls
     assert in_backend == 0  # the first batch is held inside ingest, not yet counted
@@ -49,13 +50,13 @@ async def test_revoke_drops_queued_objects_and_commits_the_batch_in_the_backend(
     await asyncio.sleep(0.05)
     assert not revoke.done(), "the revoke must wait for the batch inside the backend"
     backend.gate.set()
-    offsets = await asyncio.wait_for(revoke, 5)
+    offsets = await within(revoke, 5)
     first = backend.partitions_written[0]
     # The batch that was inside the backend counts: its P0 records are committed on revoke.
     assert offsets == ({P0: 10} if P0 in first else {})
     await asyncio.sleep(0.2)
     pipeline.request_stop()
-    await asyncio.wait_for(task, 5)
+    await within(task, 5)
     # Nothing of P0 was written after the revoke returned.
     assert all(P0 not in written for written in backend.partitions_written[1:])
     assert {tp.partition for w in backend.partitions_written for tp in w} >= {1, 2}
@@ -80,9 +81,7 @@ async def test_records_of_an_earlier_assignment_are_dropped_even_if_reassigned()
 
     source = RebalancingSource({P0: [measurement(0, i) for i in range(10)]})
     backend = FakeBackend()
-    summary = await asyncio.wait_for(
-        Pipeline(config(), source, backend, until_caught_up=True).run(), 10
-    )
+    summary = await within(Pipeline(config(), source, backend, until_caught_up=True).run(), 10)
     assert summary.error is None
     assert (summary.records, summary.inserted, summary.duplicates) == (10, 10, 0)
     assert source.last_commit(P0) == 10
@@ -105,7 +104,7 @@ async def test_until_caught_up_ends_past_a_transaction_marker() -> None:
             return {tp: self.positions[tp] + (1 if done[tp] else 0) for tp in partitions}
 
     source = TransactionalSource({P0: [measurement(0, i) for i in range(5)]})
-    summary = await asyncio.wait_for(
+    summary = await within(
         Pipeline(config(), source, FakeBackend(), until_caught_up=True).run(), 10
     )
     assert summary.error is None and summary.records == 5
@@ -133,7 +132,7 @@ async def test_nothing_is_written_after_a_rejection() -> None:
     source = FakeSource({P0: [measurement(0, i) for i in range(100)]})
     backend = rejecting_backend(0)
     cfg = config(batching={"max_records": 10, "max_in_flight_batches": 4, "max_wait_ms": 5})
-    summary = await asyncio.wait_for(Pipeline(cfg, source, backend, until_caught_up=True).run(), 10)
+    summary = await within(Pipeline(cfg, source, backend, until_caught_up=True).run(), 10)
     assert summary.error is not None and "rejected" in summary.error
     assert backend.calls == 1, "batches queued behind the rejected record were written"
     assert source.last_commit(P0) is None
@@ -148,7 +147,7 @@ async def test_a_fatal_error_exits_at_once_while_waiting_for_room() -> None:
         shutdown={"timeout_ms": 30_000},
     )
     started = time.monotonic()
-    summary = await asyncio.wait_for(
+    summary = await within(
         Pipeline(cfg, source, backend, until_caught_up=True, pause_after_s=60).run(), 20
     )
     assert summary.error is not None
@@ -205,9 +204,7 @@ async def test_an_unreachable_backend_at_start_up_is_retried() -> None:
             await super().open()
 
     source, backend = FakeSource(logs(5)), LateBackend()
-    summary = await asyncio.wait_for(
-        Pipeline(config(), source, backend, until_caught_up=True).run(), 10
-    )
+    summary = await within(Pipeline(config(), source, backend, until_caught_up=True).run(), 10)
     assert summary.error is None and summary.records == 15
     assert backend.attempts == 3
 
@@ -222,6 +219,6 @@ async def test_stop_while_the_backend_is_unreachable_at_start_up() -> None:
     task = asyncio.create_task(pipeline.run())
     await asyncio.sleep(0.1)
     pipeline.request_stop()
-    summary = await asyncio.wait_for(task, 5)
+    summary = await within(task, 5)
     assert summary.error is None and summary.records == 0
     assert source.commits == []

@@ -55,6 +55,7 @@ from connector.config import PostgresBackendConfig, TlsConfig
 from connector.errors import ConnectorError, FatalBackendError, RetryableError
 from connector.records import MappedObject
 from connector.schemas import ObjectTypes
+from connector.timeouts import within
 
 # SQLSTATE classes that a retry can cure: connection exceptions, insufficient resources
 # (disk full, too many connections), operator intervention (shutdown, restart),
@@ -371,7 +372,7 @@ class PostgresBackend(Backend):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
-                await asyncio.wait_for(pool.close(), 10)
+                await within(pool.close(), 10)
             except (TimeoutError, OSError, asyncpg.InterfaceError):
                 pool.terminate()
 

@@ -45,6 +45,7 @@ from connector.errors import ConnectorError
 from connector.records import SourceRecord, TopicPartition
 from connector.sources import RebalanceListener, Source
 from connector.sources.security import aiokafka_kwargs, describe_endpoint
+from connector.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,10 @@ class AiokafkaSource(Source):
     ) -> None:
         """Start a client within the bound; on failure release it and explain why."""
         try:
-            await asyncio.wait_for(start, CALL_TIMEOUT_S)
+            await within(start, CALL_TIMEOUT_S)
         except (KafkaError, OSError, TimeoutError) as exc:
             try:
-                diagnosis = await asyncio.wait_for(self._diagnose(), CALL_TIMEOUT_S)
+                diagnosis = await within(self._diagnose(), CALL_TIMEOUT_S)
             except TimeoutError:
                 diagnosis = None
             reason = diagnosis or (
@@ -151,7 +152,7 @@ class AiokafkaSource(Source):
                 f"that kafka.security matches their listener"
             )
             try:
-                await asyncio.wait_for(release(), CALL_TIMEOUT_S)
+                await within(release(), CALL_TIMEOUT_S)
             except (KafkaError, OSError, TimeoutError) as release_exc:
                 log.debug("releasing the failed Kafka client: %s", release_exc)
             raise ConnectorError(
@@ -207,7 +208,7 @@ class AiokafkaSource(Source):
     async def _bounded(self, what: str, call: Awaitable[T], timeout_s: float = CALL_TIMEOUT_S) -> T:
         """Await a client call within ``timeout_s``; client errors become ConnectorErrors."""
         try:
-            return await asyncio.wait_for(call, timeout_s)
+            return await within(call, timeout_s)
         except TimeoutError:
             raise ConnectorError(
                 f"{describe_endpoint(self._config)}: {what} got no answer within "
@@ -284,7 +285,7 @@ class AiokafkaSource(Source):
 
     async def close(self, timeout_s: float) -> None:
         try:
-            await asyncio.wait_for(self._shut_down(), timeout_s)
+            await within(self._shut_down(), timeout_s)
         except TimeoutError:
             log.warning(
                 "the Kafka client did not close within %.1f s and was abandoned; the group "
@@ -309,7 +310,7 @@ class AiokafkaSource(Source):
         consumer = self._client()
         listener = self._require_listener()
         try:
-            batches = await asyncio.wait_for(
+            batches = await within(
                 consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records),
                 timeout_s + FETCH_GRACE_S,
             )
@@ -388,7 +389,7 @@ class AiokafkaSource(Source):
 
         async def one(tp: TopicPartition) -> int | None:
             try:
-                return int(await asyncio.wait_for(consumer.position(_ak(tp)), POSITION_WAIT_S))
+                return int(await within(consumer.position(_ak(tp)), POSITION_WAIT_S))
             except (TimeoutError, IllegalStateError):
                 return None  # not assigned, or its position is still being looked up
 

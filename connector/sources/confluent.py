@@ -34,6 +34,7 @@ from connector.errors import ConnectorError
 from connector.records import SourceRecord, TopicPartition
 from connector.sources import RebalanceListener, Source
 from connector.sources.security import describe_endpoint, librdkafka_settings
+from connector.timeouts import within
 
 log = logging.getLogger(__name__)
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
@@ -139,7 +140,7 @@ class _ClientThread:
         """``call()`` on the thread; raises TimeoutError past ``timeout_s`` (the call goes on)."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._calls.put((call, future))
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+        return await within(asyncio.wrap_future(future), timeout_s)
 
     def stop(self) -> None:
         """Let the thread end once the calls queued so far are done."""
@@ -427,7 +428,7 @@ class ConfluentSource(Source):
         )
         out: dict[str, dict[str, str]] = {}
         for resource, future in futures.items():
-            entries = await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT_S)
+            entries = await within(asyncio.wrap_future(future), CALL_TIMEOUT_S)
             out[resource.name] = {name: entry.value for name, entry in entries.items()}
         return out
 
@@ -438,7 +439,7 @@ class ConfluentSource(Source):
             _ck_offsets(offsets), request_timeout=CALL_TIMEOUT_S
         )
         for future in futures.values():
-            await asyncio.wait_for(asyncio.wrap_future(future), CALL_TIMEOUT_S)
+            await within(asyncio.wrap_future(future), CALL_TIMEOUT_S)
 
     async def check(self, timeout_s: float) -> list[str]:
         consumer, thread = self._open()
