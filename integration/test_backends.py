@@ -149,7 +149,9 @@ def test_database_outage_is_survived_without_committing_ahead(
         with backend_under_test.outage():
             started = time.monotonic()
             while time.monotonic() - started < 12:
-                assert process.poll() is None, "the connector died during the outage"
+                assert process.poll() is None, (
+                    "the connector died during the outage:\n" + log.read_text()[-4000:]
+                )
                 if (
                     time.monotonic() - started > 1.5
                 ):  # the last acks before the stop are committed by then
