@@ -96,8 +96,9 @@ test-image: venv kafka services image
 
 # The core delivery tests with their Kafka started through testcontainers: podman serves the
 # Docker API, the broker image is built here from Kafka's Maven jars on an mmdebstrap base
-# with a JRE. Not part of `make test`: the base takes ~2 minutes to make the first time and
-# these tests run again what `make test` runs against the local broker (~8 minutes).
+# with a JRE. Not part of `make test`, so that it stays well under 30 minutes: the base takes
+# ~2 minutes to make the first time and these tests run again what `make test` runs against
+# the local broker (~8 minutes). CI runs it after `make test` (.ci/run).
 CONTAINER_TESTS := integration/test_containers.py integration/test_sqlite_pipeline.py \
 	integration/test_backends.py integration/test_dead_letters.py integration/test_worker.py
 test-containers: venv kafka services

@@ -8,7 +8,8 @@
 #   integration/build_image.sh podman ARGS...   podman with the project's storage and config
 #
 # Everything lives under $DATA_INGEST_CACHE/podman (storage, run root, containers.conf, the
-# base tarball). Needs the Debian packages podman, runc, mmdebstrap, uidmap, fuse-overlayfs.
+# base tarball). Needs the Debian packages podman, runc, mmdebstrap, uidmap, fuse-overlayfs,
+# installed with apt-get when a tool is missing (CI starts without them).
 # No image registry is used: every image is local (localhost/...).
 set -euo pipefail
 
@@ -32,13 +33,30 @@ podman_() { podman --root "$home/root" --runroot "$home/runroot" "$@"; }
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Install the Debian packages podman needs here unless its tools are all on PATH.
+tools_once() {
+    local missing=()
+    for tool in podman mmdebstrap runc newuidmap fuse-overlayfs; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    local packages=(podman runc mmdebstrap uidmap fuse-overlayfs)
+    log "missing ${missing[*]}: installing the Debian packages ${packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y --no-install-recommends "${packages[@]}"; then
+        log "install failed: refreshing package lists and retrying"
+        as_root apt-get update
+        as_root apt-get install -y --no-install-recommends "${packages[@]}"
+    fi
+}
+
 # Check the tools, then make the base image IMAGE from Debian packages PACKAGES (mmdebstrap
 # with this machine's own apt sources) unless it exists.
 base_image_once() {
     local image="$1" packages="$2"
-    for tool in podman mmdebstrap runc; do
-        command -v "$tool" >/dev/null || { log "missing $tool: apt-get install podman runc mmdebstrap uidmap fuse-overlayfs"; exit 1; }
-    done
+    tools_once
     podman_ image exists "$image" && return 0
     log "base image $image: mmdebstrap bookworm (minbase + $packages), ~2 minutes"
     local start=$SECONDS tarball="$home/base-$$.tar"
@@ -84,6 +102,7 @@ build_kafka() {
 
 # Run a command with a Docker API (podman's) that testcontainers can use, then stop it.
 with_docker_api() {
+    tools_once
     local socket="$home/docker-api.sock"
     rm -f "$socket"
     podman --root "$home/root" --runroot "$home/runroot" system service --time=0 \
