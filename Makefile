@@ -11,7 +11,7 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services quickstart test unit integration lint format slow soak bench fuzz image test-image test-containers clean
+.PHONY: help venv kafka services promlint quickstart test unit integration lint format slow soak bench fuzz image test-image test-containers clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
@@ -25,6 +25,7 @@ help:
 	@echo "make image        build the container image with podman (Debian base via mmdebstrap)"
 	@echo "make test-image   make image, then run it against Kafka and PostgreSQL"
 	@echo "make test-containers  core delivery tests with Kafka started through testcontainers"
+	@echo "make promlint     build the linter behind promtool check metrics (Go, ~30 s)"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
 $(BIN)/.installed: pyproject.toml
@@ -64,8 +65,17 @@ integration: venv kafka services
 # -ra lists every skipped test with its reason; pytest exits non-zero when no test is
 # collected, so an empty run cannot pass. Tests marked slow (minutes each) are deselected
 # here, and pytest says how many: they run in `make slow`.
-test: venv kafka services lint
-	$(BIN)/python -m pytest -ra --durations=30 -m "not slow" tests integration
+test: venv kafka services lint promlint
+	PROMLINT=$(PROMLINT) $(BIN)/python -m pytest -ra --durations=30 -m "not slow" tests integration
+
+# The linter behind `promtool check metrics` (client_golang's promlint), built in ~30 s from
+# the Go module proxy; promtool itself would build the whole Prometheus server (> 15 min).
+PROMLINT := $(CACHE)/bin/promlint
+promlint: $(PROMLINT)
+$(PROMLINT): integration/promlint/main.go integration/promlint/go.mod integration/promlint/go.sum
+	cd integration/promlint && GOPATH=$(CACHE)/go GOMODCACHE=$(CACHE)/go/mod \
+		GOCACHE=$(CACHE)/go/build GOFLAGS="-buildvcs=false -modcacherw" CGO_ENABLED=0 \
+		go build -o $(PROMLINT) .
 
 # The tests marked slow: FerretDB's fleet chaos, aiokafka's fleet chaos with derived ids.
 slow: venv kafka services

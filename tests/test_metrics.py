@@ -209,14 +209,32 @@ def test_state_build_info_and_removal() -> None:
     assert ("data_ingest_connector_state", "kept") in names
 
 
-async def test_exposition_passes_promtool() -> None:
-    """``promtool check metrics`` when the build from the Go module proxy succeeded."""
+def _metrics_linter() -> list[str]:
+    """``promtool check metrics`` if promtool is on PATH (or ``PROMTOOL``), else the same
+    linter built by ``make promlint`` (``PROMLINT``, set by ``make test``)."""
     promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if promtool is None:
-        pytest.skip(
-            "promtool not found: set PROMTOOL or put it on PATH "
-            "(go install github.com/prometheus/prometheus/cmd/promtool@latest)"
-        )
+    if promtool is not None:
+        return [promtool, "check", "metrics"]
+    promlint = os.environ.get("PROMLINT")
+    if promlint is None:
+        pytest.skip("no metrics linter: run `make promlint` and set PROMLINT, or use make test")
+    assert os.access(promlint, os.X_OK), f"PROMLINT={promlint} is not an executable"
+    return [promlint]
+
+
+def test_the_metrics_linter_rejects_a_badly_named_counter() -> None:
+    """The linter the next test relies on does find problems."""
+    result = subprocess.run(
+        _metrics_linter(), input=b"# TYPE foo counter\nfoo 1\n", capture_output=True, check=False
+    )
+    assert result.returncode != 0
+    output = result.stdout.decode() + result.stderr.decode()
+    assert 'counter metrics should have "_total" suffix' in output
+
+
+async def test_exposition_passes_promtool_check_metrics() -> None:
+    """The exposition passes Prometheus' metric lint (names, suffixes, units, help)."""
+    linter = _metrics_linter()
     metrics = Metrics()
     observer = metrics.connector("c")
     observer.set_state("RUNNING", {0: "RUNNING"})
@@ -234,7 +252,7 @@ async def test_exposition_passes_promtool() -> None:
     for family in ("records_total", "end_to_end_latency_seconds_bucket", "commit_seconds_count"):
         assert f"data_ingest_{family}{{" in exposition
     result = subprocess.run(
-        [promtool, "check", "metrics"],
+        linter,
         input=metrics.exposition(),
         capture_output=True,
         check=False,
