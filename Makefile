@@ -11,7 +11,7 @@ export DATA_INGEST_CACHE := $(CACHE)
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv kafka services promlint quickstart test unit integration lint format slow soak bench fuzz image test-image test-containers clean
+.PHONY: help venv kafka services promlint quickstart test unit integration lint format slow soak bench fuzz image test-image test-containers test-hosted clean
 
 help:
 	@echo "make quickstart   start a local Kafka, ingest sample Measurements into SQLite, show them"
@@ -25,6 +25,7 @@ help:
 	@echo "make image        build the container image with podman (Debian base via mmdebstrap)"
 	@echo "make test-image   make image, then run it against Kafka and PostgreSQL"
 	@echo "make test-containers  core delivery tests with Kafka started through testcontainers"
+	@echo "make test-hosted  the delivery tests with each connector hosted as a worker hosts it"
 	@echo "make promlint     build the linter behind promtool check metrics (Go, ~30 s)"
 	@echo "make clean        remove the virtualenv (the download cache $(CACHE) is kept)"
 
@@ -115,6 +116,16 @@ test-containers: venv kafka services
 	bash integration/build_image.sh kafka "$$($(BIN)/python -m integration.kafka_broker fetch)"
 	DATA_INGEST_KAFKA=testcontainers bash integration/build_image.sh with-docker-api \
 		$(BIN)/python -m pytest -ra -m "not slow" $(CONTAINER_TESTS)
+
+# The delivery tests again with every `data-ingest run` hosted the way a worker hosts a
+# connector (--rest-listen: HostedConnector, its task, the REST API). Not part of `make test`
+# (it runs those tests a second time, ~10 minutes).
+HOSTED_TESTS := integration/test_sqlite_pipeline.py integration/test_backends.py \
+	integration/test_dead_letters.py integration/test_faults.py integration/test_avro_pipeline.py \
+	integration/test_dlq_replay.py integration/test_postgres_backend.py \
+	integration/test_registry_errors.py integration/test_fuzz_dead_letters.py
+test-hosted: venv kafka services
+	DATA_INGEST_TEST_HOSTED=1 $(BIN)/python -m pytest -ra -m "not slow" $(HOSTED_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -22,7 +22,12 @@ import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CkTopicPartition
 
+from integration.processes import LOOPBACK, free_port
+
 DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
+# `make test-hosted`: every `data-ingest run` of the delivery tests also gets --rest-listen,
+# so the connector runs the way a worker hosts it (HostedConnector, its task, the REST API).
+HOSTED = os.environ.get("DATA_INGEST_TEST_HOSTED") == "1"
 
 
 def unique(prefix: str) -> str:
@@ -192,10 +197,18 @@ def write_config(
     return path
 
 
+def run_command(config: Path, *args: str) -> list[str]:
+    """``data-ingest run -c CONFIG ARGS``; hosted (``HOSTED``) with a REST port of its own."""
+    command = [DATA_INGEST, "run", "-c", str(config), *args]
+    if HOSTED and "--rest-listen" not in args:
+        command += ["--rest-listen", f"{LOOPBACK}:{free_port()}"]
+    return command
+
+
 def start_connector(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
     """Start ``data-ingest run`` as a child process (its own process group)."""
     return subprocess.Popen(
-        [DATA_INGEST, "run", "-c", str(config), *args],
+        run_command(config, *args),
         stdout=subprocess.PIPE,
         stderr=open(log, "a") if log else subprocess.PIPE,
         text=True,
@@ -209,7 +222,7 @@ def run_connector(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``data-ingest run -c CONFIG --until-caught-up`` to completion."""
     return subprocess.run(
-        [DATA_INGEST, "run", "-c", str(config), "--until-caught-up", *args],
+        run_command(config, "--until-caught-up", *args),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -178,10 +178,10 @@ def run_with_password(
 ) -> subprocess.CompletedProcess[str]:
     import os
 
-    from integration.support import DATA_INGEST
+    from integration.support import run_command
 
     return subprocess.run(
-        [DATA_INGEST, "run", "-c", str(config), "--until-caught-up"],
+        run_command(config, "--until-caught-up"),
         capture_output=True,
         text=True,
         timeout=timeout,
