@@ -335,7 +335,7 @@ class RestApi:
         return web.json_response({connector.name: {"topics": connector.topics()}})
 
     async def reset_topics(self, request: web.Request) -> web.Response:
-        self._connector(request)
+        self._connector(request).reset_topics()
         return web.Response(status=202)
 
     # --- offsets -------------------------------------------------------------------------

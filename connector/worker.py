@@ -221,6 +221,7 @@ class HostedConnector:
             ),
         ]
         self._lag_task: asyncio.Task[None] | None = None
+        self._assigned_topics: set[str] = set()  # since the start or the last topics reset
         self._pending: asyncio.Task[None] | None = None  # task 0 waiting for the processes
         self._restarting: set[int] = set()
         self.on_state: Callable[[HostedConnector], None] | None = None
@@ -291,7 +292,13 @@ class HostedConnector:
         return redact(with_connect_keys(self.name, self.flat))
 
     def topics(self) -> list[str]:
-        return sorted({r.topic for r in self.config.routes if r.topic is not None})
+        """Connect's active topics: the routed topic names, and every topic a task of this
+        worker was assigned since the start or the last reset (what regex routes matched)."""
+        named = {r.topic for r in self.config.routes if r.topic is not None}
+        return sorted(named | self._assigned_topics)
+
+    def reset_topics(self) -> None:
+        self._assigned_topics.clear()
 
     def _publish_state(self) -> None:
         tasks = {t.id: self.task_state(t) for t in self.tasks} if self.target != "STOPPED" else {}
@@ -362,6 +369,7 @@ class HostedConnector:
                 log.debug("connector %s: lag not sampled: %s", self.name, exc)
                 continue
             self.metrics.set_lag(lag)
+            self._assigned_topics.update(tp.topic for tp in lag)
 
     def _stop_bound_s(self) -> float:
         return self.config.shutdown.timeout_ms / 1000 + STOP_MARGIN_S

@@ -8,6 +8,7 @@ through plain HTTP requests.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -83,6 +84,8 @@ def test_run_serves_metrics_that_equal_its_summary(kafka_bootstrap: str, tmp_pat
     tree = pipeline(
         tmp_path, kafka_bootstrap, topic, {"type": "sqlite", "path": str(tmp_path / "m.db")}
     )
+    # A regex route: GET .../topics lists the topic it matched (Connect's active topics).
+    tree["routes"] = [{"topic_regex": re.escape(topic), "type": "Measurement"}]
     config = tmp_path / "ingest.yaml"
     config.write_text(yaml.safe_dump(tree))
     port = free_port()
@@ -105,6 +108,7 @@ def test_run_serves_metrics_that_equal_its_summary(kafka_bootstrap: str, tmp_pat
         )
         assert got[("data_ingest_batch_size_records_sum", (("connector", "ingest"),))] == 3000
         assert run.get("/ready") == (200, {"ready": True, "reasons": []})
+        assert run.get("/connectors/ingest/topics") == (200, {"ingest": {"topics": [topic]}})
         status, body = run.get("/connectors/ingest/status")
         assert status == 200 and body["connector"]["state"] == "RUNNING"
         assert body["tasks"][0]["state"] == "RUNNING"
