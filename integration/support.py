@@ -221,13 +221,18 @@ def run_connector(
     config: Path, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """Run ``data-ingest run -c CONFIG --until-caught-up`` to completion."""
-    return subprocess.run(
+    result = subprocess.run(
         run_command(config, "--until-caught-up", *args),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+    if HOSTED and result.returncode == 0:
+        assert "connector.rest: REST API on http://" in result.stderr, (
+            "DATA_INGEST_TEST_HOSTED=1, but the run served no REST API:\n" + result.stderr[-2000:]
+        )
+    return result
 
 
 def summary_of(stdout: str) -> dict[str, str]:
