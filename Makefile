@@ -119,7 +119,7 @@ test-containers: venv kafka services
 
 # The delivery tests again with every `data-ingest run` hosted the way a worker hosts a
 # connector (--rest-listen: HostedConnector, its task, the REST API). Not part of `make test`
-# (it runs those tests a second time, ~12 minutes); CI runs it after `make test` (.ci/run).
+# (it runs those tests a second time, ~12 minutes).
 HOSTED_TESTS := integration/test_sqlite_pipeline.py integration/test_backends.py \
 	integration/test_dead_letters.py integration/test_faults.py integration/test_avro_pipeline.py \
 	integration/test_dlq_replay.py integration/test_postgres_backend.py \
