@@ -20,7 +20,7 @@ into its own fresh table / collection / file:
   or run is reported as ``failed: <reason>``).
 
 Every contender is checked afterwards by querying its target (count == N, distinct _id == N).
-Then end-to-end latency at half of ours-postgres' rate (see `measure_latency`), and a crash
+Then end-to-end latency per target at half of ours' rate there (see `latency_picks`), and a crash
 run per contender (`--crash-records`, SIGKILL once after ~1/3 stored, restart, run to the
 end: missing / duplicated / errored). Writes ``<out>/<date>.json`` and ``<out>/<date>.png``;
 ``--update-readme`` (or ``--readme FILE``) rewrites README.md's generated Performance part.
@@ -449,7 +449,8 @@ class Services:
     workdir: Path
     cache: Path
     budget_s: float | None = None  # a peer's run longer than this is stopped: partial
-    profile_dir: Path | None = None  # ours runs under cProfile, one <name>.prof each
+    profile_dir: Path | None = None  # ours runs under a profiler, one file each
+    profiler: str = "cprofile"  # or "py-spy": wall-clock samples, idle waits included
     restart_mongo: Callable[[], None] | None = None  # same port and data
 
 
@@ -710,6 +711,17 @@ def write_config(services: Services, name: str, config: dict[str, Any]) -> Path:
     return path
 
 
+def profiled(command: list[str], stem: Path, profiler: str) -> list[str]:
+    """``command`` under cProfile (``<stem>.prof``: CPU per function) or under py-spy
+    (``<stem>.json``: speedscope samples of every thread in time order, idle waits
+    included, so what the pipeline waits for shows up, which cProfile cannot show)."""
+    if profiler == "py-spy":
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        spy = [py_spy, "record", "--idle", "--threads", "--format", "speedscope"]
+        return [*spy, "--rate", "250", "--output", f"{stem}.json", "--", *command]
+    return [sys.executable, "-m", "cProfile", "-o", f"{stem}.prof", *command]
+
+
 def failure(run: ProcessRun) -> str:
     """A one-line reason from a failed process's stderr."""
     lines = [ln for ln in run.stderr.strip().splitlines() if ln.strip()]
@@ -739,8 +751,7 @@ def run_ours(
     else:
         command, kind = ours_command(path), "ours"
     if tasks == 1 and target != "none" and services.profile_dir is not None:
-        profile = services.profile_dir / f"{slug(name)}.prof"
-        command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command]
+        command = profiled(command, services.profile_dir / slug(name), services.profiler)
     outcome = Outcome(name, kind, target, connector_version(), public_settings(config))
     with StoredClock(store, records if target != "none" else 1 << 62) as clock:
         run = run_measured(command, services.workdir / slug(name), timeout_for(records))
@@ -1032,12 +1043,42 @@ def measure_latency(
         stop()
     result.samples = len(latencies)
     if pending or not produced_all:
-        result.status = f"failed: {len(pending)} sampled records not stored in time"
+        result.status = (
+            f"failed: {len(pending)} of {len(pending) + len(latencies)} sampled records not "
+            f"stored within {duration_s + 120:.0f} s of the start of the paced produce"
+        )
     if len(latencies) >= 2:
         cuts = statistics.quantiles(latencies, n=100, method="inclusive")
         result.p50_ms, result.p99_ms = cuts[49] * 1000, cuts[98] * 1000
         result.max_ms = max(latencies) * 1000
     return result
+
+
+def latency_picks(
+    services: Services, by_name: dict[str, Outcome], installed: list[Peer]
+) -> list[tuple[str, float, tuple[Callable[[tuple[str, str], int], Callable[[], None]], Any]]]:
+    """Who is measured for latency, and at what rate: per target database, ours (confluent
+    engine) and the first peer that stored anything in its throughput run, both at half of
+    ours' steady rate on that target. A peer whose own rate is below that shows it as
+    sampled records not stored in time, which is what a user at that rate would see."""
+    picks = []
+    for target in ("postgres", "mongodb"):
+        ours = f"ours-{target}/confluent"
+        if ours not in by_name or by_name[ours].status != "ok":
+            continue
+        rate = by_name[ours].figures["steady_records_per_s"] / 2
+        picks.append((ours, rate, ours_latency_starter(services, ours, "confluent", target)))
+        peer = next(
+            (
+                p
+                for p in installed
+                if p.target == target and p.name in by_name and (by_name[p.name].count or 0) > 0
+            ),
+            None,
+        )
+        if peer is not None:
+            picks.append((peer.name, rate, peer_latency_starter(services, peer)))
+    return picks
 
 
 def ours_latency_starter(
@@ -1361,8 +1402,8 @@ def readme_section(results: dict[str, Any], json_path: Path) -> str:
         ]
     if results["latency"]:
         lines += [
-            "End-to-end latency, produce call to stored, at half of ours-postgres' rate after "
-            f"the first record. Method: {results['latency_method']}",
+            "End-to-end latency, produce call to stored, per target database: ours and one peer "
+            "at half of ours' steady rate on that target. Method: {results['latency_method']}",
             "",
             "| contender | rate/s | samples | p50 ms | p99 ms | max ms | status |",
             "|---|---|---|---|---|---|---|",
@@ -1502,6 +1543,7 @@ def run(args: argparse.Namespace) -> Path:
             cache_dir(),
             args.peer_budget_s or None,
             args.profile,
+            args.profiler,
         )
         servers: set[int] = set()
 
@@ -1513,7 +1555,9 @@ def run(args: argparse.Namespace) -> Path:
         services.restart_mongo = restart_mongo
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
-            notes.append("Ours ran under cProfile (--profile): its figures are slower than usual.")
+            notes.append(
+                f"Ours ran under {args.profiler} (--profile): its figures are slower than usual."
+            )
         servers.update(own_children())
         versions = {
             "Apache Kafka": KAFKA_VERSION,
@@ -1613,35 +1657,8 @@ def run(args: argparse.Namespace) -> Path:
         add_figures(outcomes, args.records)
         by_name = {o.name: o for o in outcomes}
 
-        ours_rate = by_name[OURS_PG].figures["steady_records_per_s"] if OURS_PG in by_name else None
-        if args.latency_s > 0 and ours_rate:
-            rate = ours_rate / 2
-            picks: list[tuple[str, Any]] = [
-                (OURS_PG, ours_latency_starter(services, OURS_PG, "confluent", "postgres"))
-            ]
-            for target in ("postgres", "mongodb"):
-                peer = next(
-                    (
-                        p
-                        for p in installed
-                        if p.target == target
-                        and p.name in by_name
-                        and by_name[p.name].status == "ok"
-                    ),
-                    None,
-                )
-                if peer is not None:
-                    if target == "mongodb" and selected("ours-mongodb/confluent", only):
-                        picks.append(
-                            (
-                                "ours-mongodb/confluent",
-                                ours_latency_starter(
-                                    services, "ours-mongodb/confluent", "confluent", "mongodb"
-                                ),
-                            )
-                        )
-                    picks.append((peer.name, peer_latency_starter(services, peer)))
-            for name, (start, store) in picks:
+        if args.latency_s > 0:
+            for name, rate, (start, store) in latency_picks(services, by_name, installed):
                 if name in mongodb:
                     revive_if_stuck(mongo.uri, restart_mongo, say, notes)
                 say(f"latency of {name} at {rate:,.0f} records/s ...")
@@ -1652,8 +1669,8 @@ def run(args: argparse.Namespace) -> Path:
                 latencies.append(lat)
                 kill_strays(servers)
                 say(f"  {name}: p50 {fmt(lat.p50_ms)} ms, p99 {fmt(lat.p99_ms)} ms, {lat.status}")
-        elif args.latency_s > 0:
-            notes.append(f"Latency not measured: no {OURS_PG} throughput in this run.")
+            if not latencies:
+                notes.append(f"Latency not measured: no {OURS_PG} throughput in this run.")
 
         if args.crash_records:
             for engine in engines:
@@ -1770,7 +1787,13 @@ def main() -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="run ours under cProfile, writing DIR/<name>.prof (pstats) per run",
+        help="run ours under a profiler (--profiler): DIR/<name>.prof or .json per run",
+    )
+    parser.add_argument(
+        "--profiler",
+        choices=("cprofile", "py-spy"),
+        default="cprofile",
+        help="cprofile: CPU per function (pstats); py-spy: wall-clock samples, idle included",
     )
     parser.add_argument(
         "--peer-budget-s",

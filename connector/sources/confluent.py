@@ -24,10 +24,11 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as CkTopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported for type checkers
+from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for type checkers
 
 from connector.config import CONSUMER_DEFAULTS, KafkaConfig
 from connector.errors import ConnectorError
@@ -372,18 +373,27 @@ class ConfluentSource(Source):
     async def watermarks(
         self, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, tuple[int, int]]:
-        consumer, thread = self._client()
-
-        def ask() -> dict[TopicPartition, tuple[int, int]]:
-            out: dict[TopicPartition, tuple[int, int]] = {}
-            for tp in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    CkTopicPartition(tp.topic, tp.partition), timeout=10.0, cached=False
-                )
-                out[tp] = (low, high)
-            return out
-
-        return await thread.run(ask, CALL_TIMEOUT_S + 10.0 * len(partitions))
+        """Low and high watermark per partition, asked with the admin client's ListOffsets
+        (two requests for all partitions, read_committed like the consumer). The consumer's
+        own query, one partition at a time, waits on its connection behind the fetch the
+        broker holds for ``fetch.wait.max.ms``: measured ~1 s per partition at the end of a
+        run, 5.7 s for 6 partitions before ``--until-caught-up`` could exit."""
+        if not partitions:
+            return {}
+        admin = self._admin_client()
+        ends: dict[str, dict[TopicPartition, int]] = {}
+        specs = (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest()))  # type: ignore[no-untyped-call]
+        for end, spec in specs:
+            futures = admin.list_offsets(
+                {CkTopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=CALL_TIMEOUT_S,
+            )
+            ends[end] = {}
+            for ck, future in futures.items():
+                info = await within(asyncio.wrap_future(future), CALL_TIMEOUT_S + 5)
+                ends[end][_tp(ck)] = info.offset
+        return {tp: (ends["low"][tp], ends["high"][tp]) for tp in partitions}
 
     async def known_high_watermarks(
         self, partitions: list[TopicPartition]
