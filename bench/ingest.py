@@ -59,7 +59,12 @@ from connector.schemas import load_object_types  # noqa: E402
 from connector.sources import create_source  # noqa: E402
 
 DATA_INGEST = str(Path(sys.executable).parent / "data-ingest")
-BATCHING = {"max_records": 5000, "max_wait_ms": 200, "max_in_flight_batches": 2}
+BATCHING = {
+    "max_records": 5000,
+    "max_wait_ms": 200,
+    "max_in_flight_batches": 2,
+    "max_concurrent_writes": 2,
+}
 
 
 class AckingBackend(Backend):

@@ -523,6 +523,13 @@ class BatchingConfig(_Section):
     """A batch closes this long after its first object."""
     max_in_flight_batches: int = Field(default=2, ge=1, le=64)
     """Closed batches that may wait for the backend before partitions are paused."""
+    max_concurrent_writes: int = Field(default=1, ge=1, le=16)
+    """Batches written at once, each on its own connection, where the backend can
+    (PostgreSQL: up to ``backend.pool.max_size``; others write one at a time). 1 writes
+    in order: a failing record stops the run before any later batch is written. With more,
+    one batch's round trips and commit overlap the next one's; a failing record still stops
+    the run and nothing past it is committed, but batches already in the backend finish
+    (their records are read again after the restart and counted as duplicates)."""
 
 
 class CommitConfig(_Section):

@@ -5,16 +5,19 @@ Three tasks cooperate:
 * fetch: pulls records from the Source, maps them, closes batches. When batches wait for
   the backend it *pauses* the assigned partitions and keeps polling (so the consumer stays
   in its group), instead of buffering without limit.
-* ingest: hands batches to the Backend one at a time, retrying transient failures with
-  exponential backoff and jitter, then acks every object's offset in the tracker.
+* ingest: hands batches to the Backend one at a time (``batching.max_concurrent_writes``
+  at a time where the backend can), retrying transient failures with exponential backoff
+  and jitter, then acks every object's offset in the tracker.
 * commit: periodically commits the highest contiguous acked offset per partition.
 
 Nothing is committed that the backend has not durably acknowledged, together with every
 earlier record of the same partition. Commits also happen on revoke and on shutdown.
 A revoked partition is fenced: its objects not yet in the backend are dropped, and the
-batch in the backend is waited for (bounded) before the commit on revoke. A failing record
-stops the run there: nothing queued behind it is written. Every shutdown step is bounded,
-so the whole shutdown ends within ``shutdown.timeout_ms`` whatever the group is doing.
+batches in the backend are waited for (bounded) before the commit on revoke. A failing
+record stops the run there: nothing queued behind it is written (with concurrent writes,
+batches already in the backend finish; nothing past the failing record is committed).
+Every shutdown step is bounded, so the whole shutdown ends within ``shutdown.timeout_ms``
+whatever the group is doing.
 
 With ``errors.tolerance: all`` a failing record goes to the dead-letter topic instead (a
 fourth task, dead-letter, produces it); its offset is acked only when the broker has
@@ -187,7 +190,8 @@ class Pipeline:
         self._batcher = Batcher(config.batching)
         self._max_ready = config.batching.max_in_flight_batches
         self._ready: deque[Batch] = deque()  # closed batches waiting for the ingest task
-        self._writing: Batch | None = None  # the batch inside the backend right now
+        self._writing: list[Batch] = []  # the batches inside the backend right now
+        self._writers = min(config.batching.max_concurrent_writes, backend.concurrent_writes())
         self._work = asyncio.Event()  # set when a batch is ready or the run ends
         self._room = asyncio.Event()  # set whenever the ingest task takes a batch
         self._written = asyncio.Event()  # set whenever the ingest task finishes a batch
@@ -247,16 +251,18 @@ class Pipeline:
         """
         revoked = set(partitions)
         self._drop(revoked)
-        writing = self._writing
-        if writing is not None and any(
-            o.tracked.topic_partition in revoked for o in writing.objects
-        ):
+        writing = [
+            batch
+            for batch in self._writing
+            if any(o.tracked.topic_partition in revoked for o in batch.objects)
+        ]
+        if writing:
             deadline = time.monotonic() + self._shutdown_s
-            while self._writing is writing and time.monotonic() < deadline:
+            while self._still_writing(writing) and time.monotonic() < deadline:
                 self._written.clear()
                 with contextlib.suppress(TimeoutError):
                     await within(self._written.wait(), deadline - time.monotonic())
-            if self._writing is writing:
+            if self._still_writing(writing):
                 log.warning(
                     "revoke: the batch in the backend did not finish within %.1f s; its "
                     "records of %s are not committed and the next owner reads them again",
@@ -271,6 +277,10 @@ class Pipeline:
             self._assigned.discard(tp)
             self._paused.discard(tp)
         return offsets
+
+    def _still_writing(self, batches: list[Batch]) -> bool:
+        """Any of ``batches`` still inside the backend (by identity: batches are unique)."""
+        return any(b is w for b in batches for w in self._writing)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         self._drop(set(partitions))
@@ -388,7 +398,7 @@ class Pipeline:
             subscriptions = [self._dlq.topic]
         await self._source.start(subscriptions, self)
         self.started = True
-        ingest_task = asyncio.create_task(self._ingest_loop(), name="ingest")
+        ingest_task = asyncio.create_task(self._ingest_loops(), name="ingest")
         commit_task = asyncio.create_task(self._commit_loop(), name="commit")
         progress_task = asyncio.create_task(self._progress_loop(), name="progress")
         letter_task = asyncio.create_task(self._dead_letter_loop(), name="dead-letter")
@@ -459,7 +469,7 @@ class Pipeline:
         self._closing = True
         self._work.set()
         end = deadline - min(CLOSE_RESERVE_S, self._shutdown_s / 3)
-        await self._finish(ingest_task, end, "the in-flight batch")
+        await self._finish(ingest_task, end, "the batches in flight")
         self._letters_closing = True
         self._letter_ready.set()
         await self._finish(letter_task, end, "the dead-letter records not yet acknowledged")
@@ -714,6 +724,10 @@ class Pipeline:
 
     # --- ingest ------------------------------------------------------------------------
 
+    async def _ingest_loops(self) -> None:
+        """One ingest loop per concurrent write; cancelling this cancels them all."""
+        await asyncio.gather(*(self._ingest_loop() for _ in range(self._writers)))
+
     async def _ingest_loop(self) -> None:
         """Write ready batches one at a time until the run ends and nothing is left."""
         while True:
@@ -725,7 +739,7 @@ class Pipeline:
                 continue
             batch = self._ready.popleft()
             self._room.set()
-            self._writing = batch
+            self._writing.append(batch)
             try:
                 results = await self._ingest_with_retry(batch)
                 if not self._acknowledge(batch, results):
@@ -738,7 +752,7 @@ class Pipeline:
                 self._fail(ConnectorError(f"the ingest task failed: {exc!r}"), discard=True)
                 return
             finally:
-                self._writing = None
+                self._writing = [w for w in self._writing if w is not batch]
                 self._written.set()
 
     def _acknowledge(self, batch: Batch, results: list[ObjectResult]) -> bool:

@@ -94,12 +94,30 @@ def assert_not_ahead(
 def test_sigkill_mid_stream_leaves_exactly_one_copy(
     tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
 ) -> None:
+    sigkill_mid_stream(tmp_path, kafka_bootstrap, backend_under_test, writers=1)
+
+
+@pytest.mark.parametrize("backend_under_test", ["postgres"], indirect=True)
+def test_sigkill_with_two_batches_in_the_database_leaves_exactly_one_copy(
+    tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest
+) -> None:
+    """``max_concurrent_writes: 2``: a kill can land with two transactions open at once,
+    one of them holding later offsets than the other."""
+    sigkill_mid_stream(tmp_path, kafka_bootstrap, backend_under_test, writers=2)
+
+
+def sigkill_mid_stream(
+    tmp_path: Path, kafka_bootstrap: str, backend_under_test: BackendUnderTest, writers: int
+) -> None:
+    """Five SIGKILLs at random moments while records flow, each followed by a restart;
+    nothing is ever committed ahead of the database, and in the end every record is
+    stored once and committed."""
     topic, group, config = measurement_pipeline(
         tmp_path,
         kafka_bootstrap,
         backend_under_test,
         PARTITIONS,
-        batching={"max_records": 200, "max_wait_ms": 50},
+        batching={"max_records": 200, "max_wait_ms": 50, "max_concurrent_writes": writers},
     )
     rng = random.Random(4)
     producer = BackgroundProducer(kafka_bootstrap, topic, PARTITIONS, rate_per_s=2000).start()

@@ -118,6 +118,10 @@ class Backend(ABC):
     async def check(self) -> str:
         """Read-only connectivity check for ``validate``; returns a one-line description."""
 
+    def concurrent_writes(self) -> int:
+        """How many ``ingest`` calls this backend serves at once (default: one)."""
+        return 1
+
     @abstractmethod
     async def close(self) -> None:
         """Release connections."""

@@ -378,6 +378,10 @@ class PostgresBackend(Backend):
 
     # --- ingest ------------------------------------------------------------------------
 
+    def concurrent_writes(self) -> int:
+        """One batch per pooled connection, each in its own transaction."""
+        return self._config.pool.max_size
+
     async def ingest(self, objects: list[MappedObject]) -> list[ObjectResult]:
         if self._pool is None:
             raise FatalBackendError("the PostgreSQL backend is not open")
