@@ -1330,7 +1330,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
 
 
 # Issue 8's targets that one bench run measures: (what, ours, reference, how, at least).
-# "rate": steady rate of ours over the reference's; "rss": ours' peak RSS in MB, at most.
+# "rate": steady rate of ours over the reference's; "rss": the highest peak RSS in MB of
+# ours' one-process runs (every target and engine), at most.
 TARGETS = (
     ("PostgreSQL vs Quix Streams' PostgreSQLSink", OURS_PG, "quix-postgres", "rate", 3.0),
     (
@@ -1341,7 +1342,7 @@ TARGETS = (
         2.0,
     ),
     ("PostgreSQL vs the raw client ceiling", OURS_PG, "raw-client", "rate", 0.7),
-    ("peak RSS of ours-postgres with the 1M backlog, MB", OURS_PG, None, "rss", 300.0),
+    ("peak RSS of ours, one process, 1M backlog, MB", None, None, "rss", 300.0),
 )
 
 
@@ -1351,11 +1352,17 @@ def targets_table(contenders: list[dict[str, Any]]) -> list[str]:
     by_name = {c["name"]: c for c in contenders}
     lines = ["| target | required | this run | met |", "|---|---|---|---|"]
     for what, ours, reference, how, bound in TARGETS:
-        mine = by_name.get(ours)
+        mine = by_name.get(ours or "")
         if how == "rss":
-            value = mine["peak_rss_mb"] if mine else None
-            required, shown = f"<= {bound:.0f}", fmt(value)
-            met = value is not None and value <= bound
+            single = [
+                c
+                for c in contenders
+                if c["kind"] == "ours" and c["peak_rss_mb"] and not c["name"].endswith("-tasks")
+            ]
+            worst = max(single, key=lambda c: c["peak_rss_mb"], default=None)
+            value = worst["peak_rss_mb"] if worst else None
+            shown = f"{fmt(value)} ({worst['name']})" if worst else "-"
+            required, met = f"<= {bound:.0f}", value is not None and value <= bound
         else:
             other = by_name.get(reference or "")
             rates = [c["figures"].get("steady_records_per_s") if c else None for c in (mine, other)]
