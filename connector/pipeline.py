@@ -264,7 +264,7 @@ class Pipeline:
                     await within(self._written.wait(), deadline - time.monotonic())
             if self._still_writing(writing):
                 log.warning(
-                    "revoke: the batch in the backend did not finish within %.1f s; its "
+                    "revoke: a batch in the backend did not finish within %.1f s; its "
                     "records of %s are not committed and the next owner reads them again",
                     self._shutdown_s,
                     ", ".join(sorted(map(str, revoked))),

@@ -381,19 +381,22 @@ class ConfluentSource(Source):
         if not partitions:
             return {}
         admin = self._admin_client()
-        ends: dict[str, dict[TopicPartition, int]] = {}
-        specs = (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest()))  # type: ignore[no-untyped-call]
-        for end, spec in specs:
-            futures = admin.list_offsets(
-                {CkTopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+        cks = {tp: CkTopicPartition(tp.topic, tp.partition) for tp in partitions}
+
+        def ask(spec: OffsetSpec) -> dict[CkTopicPartition, concurrent.futures.Future[Any]]:
+            return admin.list_offsets(
+                {ck: spec for ck in cks.values()},
                 isolation_level=IsolationLevel.READ_COMMITTED,
                 request_timeout=CALL_TIMEOUT_S,
             )
-            ends[end] = {}
-            for ck, future in futures.items():
-                info = await within(asyncio.wrap_future(future), CALL_TIMEOUT_S + 5)
-                ends[end][_tp(ck)] = info.offset
-        return {tp: (ends["low"][tp], ends["high"][tp]) for tp in partitions}
+
+        async def offset(future: concurrent.futures.Future[Any]) -> int:
+            return int((await within(asyncio.wrap_future(future), CALL_TIMEOUT_S)).offset)
+
+        # Both requests are in flight at once.
+        lows = ask(OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        highs = ask(OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        return {tp: (await offset(lows[ck]), await offset(highs[ck])) for tp, ck in cks.items()}
 
     async def known_high_watermarks(
         self, partitions: list[TopicPartition]
