@@ -494,11 +494,11 @@ def high_water_kb(pid: int) -> int:
     return int(found.group(1)) if found else 0
 
 
-def contender_pids(servers: set[int]) -> list[int]:
+def contender_pids(servers: set[int], parents: dict[int, int] | None = None) -> list[int]:
     """This process's descendants that are not below one of ``servers`` (its children that
     run the broker, the database servers and their watchdogs)."""
     me = os.getpid()
-    parents = process_parents()
+    parents = process_parents() if parents is None else parents
     found = []
     for pid in parents:
         node = pid
@@ -507,6 +507,32 @@ def contender_pids(servers: set[int]) -> list[int]:
         if node == me and pid != me:
             found.append(pid)
     return found
+
+
+def command_line(pid: int) -> bytes:
+    """The raw /proc cmdline of ``pid``; empty when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def measured_pids(servers: set[int]) -> list[int]:
+    """`contender_pids` less the children caught between fork and exec.
+
+    Such a child still runs its parent's program (same cmdline) and /proc shows the
+    parent's memory as its own, VmHWM included: every subprocess the bench starts is, for
+    a moment, a copy of the bench (258 MB after producing 1M records, `bench_peak_rss_mb`
+    in the results). A sample that landed there turned a 96 MB contender into 434 MB in
+    the 2026-12-04-0915 run. A child that forks without exec is left out for the same
+    reason; no contender works that way.
+    """
+    parents = process_parents()
+    return [
+        pid
+        for pid in contender_pids(servers, parents)
+        if command_line(pid) != command_line(parents[pid])
+    ]
 
 
 def own_children() -> set[int]:
@@ -527,7 +553,7 @@ def kill_strays(servers: set[int]) -> int:
 
 class RssSampler:
     """Peak RSS of the processes a contender starts: every 0.25 s, the sum of the VmHWM of
-    `contender_pids` (this process's children when sampling starts count as servers).
+    `measured_pids` (this process's children when sampling starts count as servers).
 
     Not ``ru_maxrss`` from wait4: a child spawned with vfork (as subprocess does) inherits
     the high-water mark of this process's memory, so that figure is never below ours.
@@ -554,7 +580,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while True:
-            total = sum(high_water_kb(pid) for pid in contender_pids(self._servers))
+            total = sum(high_water_kb(pid) for pid in measured_pids(self._servers))
             self.peak_kb = max(self.peak_kb, total)
             if self._stop.wait(0.25):
                 return
@@ -1257,6 +1283,8 @@ def machine() -> dict[str, Any]:
         "shared": "broker, PostgreSQL, FerretDB, the producer and the contender share the cores",
         # Anything else running skews every rate: the 1-, 5- and 15-minute load at the end.
         "load_average": [round(x, 1) for x in os.getloadavg()],
+        # Not part of any contender's figure (see measured_pids); the producer's buffers.
+        "bench_peak_rss_mb": round(high_water_kb(os.getpid()) / 1024, 1),
     }
 
 
