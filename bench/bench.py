@@ -48,6 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -392,7 +393,10 @@ class StoreReader:
 
         if self._mongo is None:
             self._mongo = pymongo.MongoClient(
-                self.store.location, uuidRepresentation="standard", directConnection=True
+                self.store.location,
+                uuidRepresentation="standard",
+                directConnection=True,
+                socketTimeoutMS=120_000,  # a wedged FerretDB fails the check, never hangs it
             )
         return self._mongo[self.store.namespace][self.store.table]
 
@@ -874,6 +878,14 @@ def reason(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}: {text}" if text else f"failed: {type(exc).__name__}"
 
 
+def peer_budget(budget_s: float | None, phase: str) -> float | None:
+    """A peer's time limit for one run: none when measuring latency (the paced produce
+    ends it), twice the throughput run's for a crash run (it starts twice)."""
+    if phase == "latency" or budget_s is None:
+        return None
+    return 2 * budget_s if phase == "crash" else budget_s
+
+
 def peer_context(
     services: Services, peer: Peer, topics: tuple[str, str], records: int, phase: str
 ) -> tuple[RunContext, Store]:
@@ -895,7 +907,7 @@ def peer_context(
         batch_size=int(BATCHING["max_records"]),
         workdir=services.workdir / ident,
         cache=services.cache,
-        budget_s=None if phase == "latency" else services.budget_s,
+        budget_s=peer_budget(services.budget_s, phase),
     )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     if peer.target == "postgres":
@@ -1214,20 +1226,34 @@ def crash_ours(
 
 
 def crash_peer(
-    services: Services, peer: Peer, topics: tuple[str, str], records: int, kill_after_s: float
+    services: Services,
+    peer: Peer,
+    topics: tuple[str, str],
+    records: int,
+    kill_after_s: float,
+    revive: Callable[[], bool],
 ) -> Crash:
-    """``peer.run(ctx, kill_after_s=...)``, then the same check as for ours."""
+    """``peer.run(ctx, kill_after_s=...)``, then the same check as for ours. ``revive``
+    restarts the target server if it stopped answering (True then): the check counts what
+    the server had committed, and the status says the server needed a restart."""
     result = Crash(peer.name, records, killed_after_s=kill_after_s)
     ctx, store = peer_context(services, peer, topics, records, "crash")
     try:
         run = call_with_timeout(lambda: peer.run(ctx, kill_after_s=kill_after_s), peer_timeout(ctx))
         result.errored = len(run.errors)
         if run.budget_spent:
-            result.status = f"partial: its {ctx.budget_s:.0f} s budget ran out"
+            result.status = (
+                f"partial: its {ctx.budget_s:.0f} s budget ran out before the end "
+                "(missing: not stored yet, not known lost)"
+            )
         elif not run.killed:
             result.status = "failed: the peer reports it was not killed"
     except Exception as exc:
         result.status = reason(exc)
+    if revive():
+        result.status += (
+            f"; {peer.target} stopped answering after the SIGKILL and was restarted to count"
+        )
     try:
         with StoreReader(store) as reader:
             total, distinct = reader.count_distinct()
@@ -1238,11 +1264,25 @@ def crash_peer(
 
 
 def kill_time(outcome: Outcome | None, records: int, crash_records: int) -> float:
-    """When a third of ``crash_records`` should be stored, from the peer's throughput run."""
-    if outcome is None or outcome.status != "ok" or not outcome.wall_s:
+    """When a third of ``crash_records`` should be stored, from the peer's throughput run
+    (a partial run: from what it stored in its budget)."""
+    stored = outcome.measured(records) if outcome is not None else None
+    if outcome is None or not stored or not outcome.wall_s:
         return 15.0
     active = outcome.active_s or outcome.wall_s
-    return (outcome.wall_s - active) + active * crash_records / records / 3
+    return (outcome.wall_s - active) + active * crash_records / stored / 3
+
+
+def reduced_crash_records(outcome: Outcome, crash_records: int) -> int:
+    """The crash run's size for a peer whose throughput run stored only ``outcome.done``
+    records in its budget: half of that (so that the run and its restart fit in the same
+    budget), in thousands, at least 1,000 and at most ``crash_records``.
+
+    Such a peer (the MongoDB ones on FerretDB: every upsert scans the collection) would
+    never finish 200,000; a smaller crash run still shows what a SIGKILL does to it.
+    """
+    half = (outcome.done or 0) // 2 // 1000 * 1000
+    return min(crash_records, max(1000, half))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1335,6 +1375,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
         cells = [
             [
                 c["name"],
+                fmt(c["records"], ","),
                 fmt(c["missing"], ","),
                 fmt(c["duplicated"], ","),
                 fmt(c["errored"], ","),
@@ -1344,12 +1385,12 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
         ]
         t = table.table(
             cellText=cells,
-            colLabels=["crash run", "missing", "duplicated", "errored", "status"],
+            colLabels=["crash run", "records", "missing", "duplicated", "errored", "status"],
             loc="center",
             cellLoc="left",
         )
-        t.auto_set_column_width(list(range(5)))
-        table.set_title(f"SIGKILL once after ~1/3 stored, restart: {crash[0]['records']:,} records")
+        t.auto_set_column_width(list(range(6)))
+        table.set_title("SIGKILL once after ~1/3 stored, restart, run to the end")
     else:
         table.text(0.5, 0.5, "crash run not part of this run", ha="center")
     fig.tight_layout()
@@ -1469,12 +1510,14 @@ def readme_section(results: dict[str, Any], json_path: Path) -> str:
             "`partial`: a peer still short of N when its time budget "
             f"(`--peer-budget-s {s.get('peer_budget_s') or 0:.0f}`) ran out was stopped; its "
             "rates are over what it had stored by then, its check is rows == distinct `_id`, "
-            "and it gets no crash run. On FerretDB this is every peer: their idempotent "
+            "and its crash run is over half of what it stored (with twice the budget, for the "
+            "restart). On FerretDB this is every peer: their idempotent "
             "MongoDB write is an upsert (`ReplaceOne` with `upsert: true` matched on `_id`), "
             "which FerretDB 1.24 over SQLite serves far slower than inserts and slower the "
-            "larger the collection; ours inserts (`insert_many`, duplicates found by the "
-            "unique `_id` index). MongoDB itself (SSPL) cannot be installed here, so these "
-            "rows say more about FerretDB's upsert than about the peers.",
+            "larger the collection (`bench/upsert.py`: every upsert scans the collection, over "
+            "SQLite and over PostgreSQL alike); ours inserts (`insert_many`, duplicates found "
+            "by the unique `_id` index). MongoDB itself (SSPL) cannot be installed here, so "
+            "these rows say more about FerretDB's upsert than about the peers.",
             "",
         ]
     if results["latency"]:
@@ -1493,18 +1536,21 @@ def readme_section(results: dict[str, Any], json_path: Path) -> str:
         lines.append("")
     if results["crash"]:
         lines += [
-            f"Crash run: {results['crash'][0]['records']:,} records on their own topics; each "
-            "contender is SIGKILLed once (ours: its process group, once a third of the records "
-            "is stored; peers: `kill_after_s` from their own throughput) and restarted on the "
+            f"Crash run: {results['settings']['crash_records']:,} records on their own topics "
+            "(fewer for a peer whose throughput run did not finish in its budget: half of what "
+            "it stored, see the notes below); each contender is SIGKILLed once (ours: its "
+            "process group, once a third of the records is stored; peers: `kill_after_s` "
+            "from their own throughput) and restarted on the "
             "same group, then runs to the end. Missing = N - distinct `_id` stored; duplicated "
             "= rows - distinct `_id`; errored = records the contender reported as failed.",
             "",
-            "| contender | killed after s | stored at kill | missing | duplicated | errored "
-            "| status |",
-            "|---|---|---|---|---|---|---|",
+            "| contender | records | killed after s | stored at kill | missing | duplicated "
+            "| errored | status |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {x['name']} | {fmt(x['killed_after_s'], '.1f')} | {fmt(x['stored_at_kill'], ',')}"
+            f"| {x['name']} | {fmt(x['records'], ',')} | {fmt(x['killed_after_s'], '.1f')} | "
+            f"{fmt(x['stored_at_kill'], ',')}"
             f" | {fmt(x['missing'], ',')} | {fmt(x['duplicated'], ',')} | "
             f"{fmt(x['errored'], ',')} | {x['status']} |"
             for x in results["crash"]
@@ -1561,9 +1607,9 @@ def load_peers(args: argparse.Namespace, notes: list[str]) -> list[Peer]:
 
 def revive_if_stuck(
     uri: str, restart: Callable[[], None], say: Callable[[str], None], notes: list[str]
-) -> None:
-    """Restart FerretDB (same port and data) when it does not answer within 10 s,
-    so one contender that wedged it does not fail every later MongoDB contender."""
+) -> bool:
+    """Restart FerretDB (same port and data) when it does not answer within 10 s, so one
+    contender that wedged it does not fail every later MongoDB contender; True if it did."""
     import pymongo
 
     client: Any = pymongo.MongoClient(
@@ -1571,13 +1617,14 @@ def revive_if_stuck(
     )
     try:
         client.list_database_names()  # a ping alone is answered even when its storage is stuck
-        return
+        return False
     except pymongo.errors.PyMongoError as exc:
         say(f"FerretDB does not answer ({type(exc).__name__}); restarting it")
         notes.append(f"FerretDB stopped answering and was restarted: {reason(exc)}")
     finally:
         client.close()
     restart()
+    return True
 
 
 def selected(name: str, only: set[str]) -> bool:
@@ -1630,6 +1677,11 @@ def run(args: argparse.Namespace) -> Path:
             servers.update(own_children())  # the new FerretDB process is a server
 
         services.restart_mongo = restart_mongo
+
+        def revive_target(target: str) -> bool:
+            """Restart FerretDB if ``target`` is it and it stopped answering."""
+            return target == "mongodb" and revive_if_stuck(mongo.uri, restart_mongo, say, notes)
+
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             notes.append(
@@ -1784,20 +1836,21 @@ def run(args: argparse.Namespace) -> Path:
                         Crash(peer.name, args.crash_records, "not run: its throughput run failed")
                     )
                     continue
+                size, topics = args.crash_records, crash_topics
                 if done is not None and done.status.startswith("partial:"):
-                    crashes.append(
-                        Crash(
-                            peer.name,
-                            args.crash_records,
-                            "not run: its throughput run did not finish within its budget",
-                        )
+                    size = reduced_crash_records(done, args.crash_records)
+                    base = f"bench-crash-{slug(peer.name)}"
+                    topics = (f"{base}-json", f"{base}-envelope")
+                    produce_dataset(broker.bootstrap_servers, topics, size)
+                    notes.append(
+                        f"{peer.name}: crash run over {size:,} records (its throughput run "
+                        f"stored {done.done or 0:,} in its {args.peer_budget_s:.0f} s budget)"
                     )
-                    continue
-                if peer.target == "mongodb":
-                    revive_if_stuck(mongo.uri, restart_mongo, say, notes)
-                after = kill_time(done, args.records, args.crash_records)
-                say(f"crash run of {peer.name} (SIGKILL after {after:.1f} s) ...")
-                crashes.append(crash_peer(services, peer, crash_topics, args.crash_records, after))
+                revive = partial(revive_target, peer.target)
+                revive()
+                after = kill_time(done, args.records, size)
+                say(f"crash run of {peer.name} ({size:,} records, SIGKILL after {after:.1f} s) ...")
+                crashes.append(crash_peer(services, peer, topics, size, after, revive))
                 kill_strays(servers)
             for c in crashes:
                 say(f"  {c.name}: missing {c.missing}, duplicated {c.duplicated}, {c.status}")
