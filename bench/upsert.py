@@ -1,9 +1,11 @@
-"""FerretDB's upsert against its insert, by collection size, over both of its backends.
+"""FerretDB's upsert and ``_id`` lookup against its insert, by collection size, over both
+of its backends.
 
 Why the MongoDB peers never finish in `make bench`: their idempotent write is a
 ``ReplaceOne`` upsert on ``_id``; ours is ``insert_many``. This measures both on a fresh
 FerretDB over SQLite and one over PostgreSQL (the harness's own servers), into an empty
-collection and into one that already holds ``--existing`` documents.
+collection and into one that already holds ``--existing`` documents, and 20 ``find_one``
+by ``_id`` there (the latency probe's question: a scan, not an index lookup, on FerretDB).
 
     python bench/upsert.py [--existing 20000] [--upserts 1000]
 """
@@ -54,6 +56,14 @@ def upsert(collection: Collection[dict[str, Any]], first: int, count: int) -> fl
     return count / (time.monotonic() - began)
 
 
+def lookups(collection: Collection[dict[str, Any]], last: int, count: int = 20) -> float:
+    """Seconds for ``count`` ``find_one`` by ``_id`` (what the latency probe asks)."""
+    began = time.monotonic()
+    for i in range(last - count, last):
+        collection.find_one({"_id": document(i)["_id"]}, {"_id": 1})
+    return time.monotonic() - began
+
+
 def measure(backend: str, uri: str, existing: int, upserts: int) -> None:
     with MongoClient(uri) as client:
         db = client["bench_upsert"]
@@ -62,7 +72,11 @@ def measure(backend: str, uri: str, existing: int, upserts: int) -> None:
             filled = insert(db["c"], 0, size) if size else None
             rate = upsert(db["c"], size, upserts)
             into = f"insert {filled:,.0f}/s, " if filled else ""
-            print(f"FerretDB over {backend:<10} {size:>7,} documents: {into}upsert {rate:,.0f}/s")
+            found = f", 20 find_one by _id {lookups(db['c'], size):.2f} s" if size else ""
+            print(
+                f"FerretDB over {backend:<10} {size:>7,} documents: {into}upsert {rate:,.0f}/s"
+                f"{found}"
+            )
 
 
 def main() -> int:
