@@ -1,4 +1,4 @@
-"""How PostgreSQL connect and start-up failures are classified (retry or stop)."""
+"""How PostgreSQL connect, start-up and write failures are classified (retry or stop)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ssl
 import asyncpg
 import pytest
 
-from connector.backends.postgres import _connect_error
+from connector.backends.postgres import _connect_error, _retryable
 from connector.errors import FatalBackendError, RetryableError
 
 
@@ -40,3 +40,14 @@ def test_an_unknown_database_stops_naming_the_dsn() -> None:
     )
     assert isinstance(error, FatalBackendError)
     assert str(error).startswith("backend.dsn:")
+
+
+def test_a_connection_broken_by_a_server_shutting_down_mid_write_is_retried() -> None:
+    # What asyncpg raised in CI while PostgreSQL shut down under a write (asyncpg issue 784).
+    broken = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert _retryable(broken)
+    assert _retryable(asyncpg.CannotConnectNowError("the database system is shutting down"))
+    assert not _retryable(asyncpg.UndefinedTableError('relation "x" does not exist'))
+    assert not _retryable(ValueError("a bug of ours"))

@@ -87,13 +87,24 @@ def _sqlstate_class(exc: BaseException) -> str:
     return str(getattr(exc, "sqlstate", "") or "")[:2]
 
 
+# asyncpg's InternalClientError ("cannot switch to state 15; another operation (2) is in
+# progress", asyncpg issue 784) is what a connection says when the server ended the session
+# in the middle of an operation (seen here while PostgreSQL shut down: its cause was
+# "the database system is shutting down"). The connection is unusable, the server may be
+# back: a lost connection, retried on a fresh one (`_write` never reuses it).
+LOST_CONNECTION = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InternalClientError,
+)
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return _sqlstate_class(exc) in RETRYABLE_CLASSES
-    return isinstance(
-        exc,
-        OSError | asyncio.TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError,
-    )
+    return isinstance(exc, LOST_CONNECTION)
 
 
 def _data_error(exc: BaseException) -> bool:
@@ -415,14 +426,19 @@ class PostgresBackend(Backend):
         groups: dict[str, list[int]] = defaultdict(list)
         for i, obj in enumerate(objects):
             groups[obj.object_type.name].append(i)
-        async with self._pool.acquire() as conn, conn.transaction():
-            for name, indexes in groups.items():
-                statements = self._statements[name]
-                await conn.execute(statements.create_stage)
-                if statements.table.object_type.asymmetric:
-                    await self._insert(conn, statements, objects, indexes, results)
-                else:
-                    await self._apply_standard(conn, statements, objects, indexes, results)
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    for name, indexes in groups.items():
+                        statements = self._statements[name]
+                        await conn.execute(statements.create_stage)
+                        if statements.table.object_type.asymmetric:
+                            await self._insert(conn, statements, objects, indexes, results)
+                        else:
+                            await self._apply_standard(conn, statements, objects, indexes, results)
+            except asyncpg.InternalClientError:
+                conn.terminate()  # its protocol state is broken: the pool opens a new one
+                raise
         return [results[i] for i in range(len(objects))]
 
     async def _insert(
