@@ -1248,6 +1248,9 @@ def crash_peer(
             )
         elif not run.killed:
             result.status = "failed: the peer reports it was not killed"
+        elif run.stored is not None and run.stored < records:  # stalled, or exited early
+            why = run.errors[0] if run.errors else "no reason given"
+            result.status = f"partial: stopped before the end ({why}); missing: not stored yet"
     except Exception as exc:
         result.status = reason(exc)
     if revive():
