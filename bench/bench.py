@@ -1326,7 +1326,7 @@ def machine() -> dict[str, Any]:
         "shared": "broker, PostgreSQL, FerretDB, the producer and the contender share the cores",
         # Anything else running skews every rate: the 1-, 5- and 15-minute load at the end.
         "load_average": [round(x, 1) for x in os.getloadavg()],
-        # Not part of any contender's figure (see measured_pids); the producer's buffers.
+        # The bench's own peak; not part of any contender's figure (see measured_pids).
         "bench_peak_rss_mb": round(high_water_kb(os.getpid()) / 1024, 1),
     }
 

@@ -91,12 +91,12 @@ def _sqlstate_class(exc: BaseException) -> str:
 # progress", asyncpg issue 784) is what a connection says when the server ended the session
 # in the middle of an operation (seen here while PostgreSQL shut down: its cause was
 # "the database system is shutting down"). The connection is unusable, the server may be
-# back: a lost connection, retried on a fresh one (`_write` never reuses it).
+# back: a lost connection, retried on a fresh one (`_write` never reuses it). (A server's
+# own connection errors are PostgresErrors of SQLSTATE class 08, see RETRYABLE_CLASSES.)
 LOST_CONNECTION = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InternalClientError,
 )
 
@@ -119,14 +119,7 @@ def _connect_error(exc: Exception, doing: str) -> ConnectorError:
             f"backend.tls: TLS with PostgreSQL failed while {doing}: {cause}; check "
             "backend.tls (mode, ca_file) against the server's certificate"
         )
-    unreachable = (
-        OSError,  # refused, reset, no route, timed out
-        TimeoutError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,  # "the underlying connection is closed": the server went away
-    )
-    if isinstance(exc, unreachable) or _sqlstate_class(exc) in RETRYABLE_CLASSES:
+    if _retryable(exc):  # refused, reset, timed out, closed under us, shutting down
         return RetryableError(f"PostgreSQL unavailable while {doing}: {cause}")
     if _sqlstate_class(exc) == "28":
         return FatalBackendError(
